@@ -1,0 +1,334 @@
+"""The BERT encoder, in OneFlow, with Hugging Face parameter names.
+
+One ``BertConfig`` and one ``BertModel``, the same function as ``transformers.BertModel`` (eager
+attention): a checkpoint's state dict maps 1:1 (``embeddings.word_embeddings.weight``,
+``encoder.layer.0.attention.self.query.weight``, ``pooler.dense.weight``, ...).
+
+Shapes: B = batch, L = sequence length, H = hidden size, A = attention heads, I = FFN size.
+
+Beyond Hugging Face, ``BertModel`` can return the pre-softmax attention scores that Meta-KD's
+stage-1 distillation compares (design.md section 3).
+
+CPU note: OneFlow 0.9's CPU kernels broadcast along the last axis about 50x slower than they
+should (``nn.LayerNorm``, ``x - x.mean(-1, keepdim=True)``). ``LayerNorm`` below therefore
+expands the per-row statistics with a K=1 matmul on CPU, which is exact to float rounding and
+keeps the ``weight``/``bias`` keys; on CUDA it uses the fused kernel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from metakd.errors import UserError
+from metakd.runtime import flow
+
+nn = flow.nn
+F = flow.nn.functional
+
+# Added to the scores of padded keys before the softmax. EasyNLP and the original BERT use -10000;
+# exp(-10000) underflows to exactly 0 in float32, so this matches Hugging Face's finfo.min too.
+MASK_VALUE = -10000.0
+
+
+@dataclass
+class BertConfig:
+    """Hyper-parameters of a BERT encoder, as in a Hugging Face ``config.json``."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    # Keys of config.json that are not BERT hyper-parameters (labels, domains, ...) survive a
+    # load/save round trip here.
+    extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}; fix config.json"
+            )
+        if self.hidden_act not in _ACTIVATIONS:
+            raise UserError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BertConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_json_file(cls, path: "str | Path") -> "BertConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError("config.json not found; a model folder needs config.json, vocab.txt and weights", path) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"not valid JSON ({e}); the file is damaged, copy it again", path) from None
+        if not isinstance(d, dict):
+            raise UserError("expected a JSON object of BERT hyper-parameters", path)
+        try:
+            return cls.from_dict(d)
+        except TypeError as e:
+            raise UserError(f"bad BERT config: {e}", path) from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d["model_type"] = "bert"
+        return {**self.extra, **d}
+
+
+def _gelu(x: flow.Tensor) -> flow.Tensor:
+    return F.gelu(x)  # exact erf form, as Hugging Face's "gelu"
+
+
+def _gelu_new(x: flow.Tensor) -> flow.Tensor:
+    return 0.5 * x * (1.0 + flow.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+_ACTIVATIONS = {"gelu": _gelu, "gelu_new": _gelu_new, "gelu_pytorch_tanh": _gelu_new, "relu": F.relu}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis; state-dict keys ``weight`` [H] and ``bias`` [H].
+
+    On CPU the row mean and variance are computed and broadcast back with matmuls against a
+    ones vector (OneFlow's last-axis broadcast is the slowest op of a BERT step there).
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-12):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(flow.ones(hidden_size))
+        self.bias = nn.Parameter(flow.zeros(hidden_size))
+        self._ones = None  # (column [H,1] / H, row [1,H]), cached per device
+
+    def _stats_vectors(self, x: flow.Tensor) -> Tuple[flow.Tensor, flow.Tensor]:
+        if self._ones is None or self._ones[0].device != x.device:
+            h = x.shape[-1]
+            col = flow.full((h, 1), 1.0 / h, dtype=x.dtype, device=x.device)
+            row = flow.ones(1, h, dtype=x.dtype, device=x.device)
+            self._ones = (col, row)
+        return self._ones
+
+    def forward(self, x: flow.Tensor) -> flow.Tensor:
+        if x.is_cuda:
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        col, row = self._stats_vectors(x)
+        mean = flow.matmul(x, col)                      # [..., 1]
+        xc = x - flow.matmul(mean, row)                 # [..., H]
+        var = flow.matmul(xc * xc, col)                 # [..., 1], biased like LayerNorm
+        rstd = flow.rsqrt(var + self.eps)
+        return xc * flow.matmul(rstd, row) * self.weight + self.bias
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: flow.Tensor, token_type_ids: flow.Tensor) -> flow.Tensor:
+        """[B,L] ids -> [B,L,H]."""
+        positions = flow.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def _heads(self, x: flow.Tensor) -> flow.Tensor:
+        b, l, _ = x.shape
+        return x.view(b, l, self.num_heads, self.head_size).permute(0, 2, 1, 3)  # [B,A,L,d]
+
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor):
+        """x [B,L,H], additive_mask [B,1,1,L] -> (context [B,L,H], scores [B,A,L,L], probs [B,A,L,L]).
+
+        ``scores`` = QK^T/sqrt(d) before the mask; ``probs`` = softmax(scores + mask) after
+        attention dropout (what Hugging Face returns as ``attentions``).
+        """
+        b, l, h = x.shape
+        # Scaling q instead of the [L,L] scores is the same function and cheaper.
+        q = self._heads(self.query(x) * (1.0 / math.sqrt(self.head_size)))
+        k = self._heads(self.key(x))
+        v = self._heads(self.value(x))
+        scores = flow.matmul(q, k.transpose(-1, -2))
+        probs = self.dropout(F.softmax(scores + additive_mask, dim=-1))
+        context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, l, h)
+        return context, scores, probs
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: flow.Tensor, residual: flow.Tensor) -> flow.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor):
+        context, scores, probs = self.self(x, additive_mask)
+        return self.output(context, x), scores, probs
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: flow.Tensor) -> flow.Tensor:
+        return self.act(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: flow.Tensor, residual: flow.Tensor) -> flow.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor):
+        """x [B,L,H] -> (y [B,L,H], scores [B,A,L,L], probs [B,A,L,L])."""
+        a, scores, probs = self.attention(x, additive_mask)
+        return self.output(self.intermediate(a), a), scores, probs
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: flow.Tensor) -> flow.Tensor:
+        """[B,L,H] -> tanh(W h_[CLS] + b) [B,H]."""
+        return flow.tanh(self.dense(hidden[:, 0]))
+
+
+@dataclass
+class BertModelOutput:
+    last_hidden_state: flow.Tensor                            # [B,L,H]
+    pooler_output: flow.Tensor                                # [B,H]
+    hidden_states: Optional[Tuple[flow.Tensor, ...]] = None   # L+1 x [B,L,H], embeddings first
+    attentions: Optional[Tuple[flow.Tensor, ...]] = None      # layers x [B,A,L,L], post-softmax
+    attention_scores: Optional[Tuple[flow.Tensor, ...]] = None  # layers x [B,A,L,L], pre-softmax, unmasked
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: N(0, std) for Linear/Embedding weights, zero biases, LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class BertModel(nn.Module):
+    """The BERT encoder with a pooler; the same function as ``transformers.BertModel``."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        init_bert_weights(self, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: flow.Tensor,
+        attention_mask: Optional[flow.Tensor] = None,
+        token_type_ids: Optional[flow.Tensor] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        output_attention_scores: bool = False,
+    ) -> BertModelOutput:
+        """input_ids, attention_mask (1 = real token), token_type_ids: [B,L] int64."""
+        if attention_mask is None:
+            attention_mask = flow.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = flow.zeros_like(input_ids)
+        additive_mask = (1.0 - attention_mask.to(flow.float32)).view(input_ids.shape[0], 1, 1, -1) * MASK_VALUE
+
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden: List[flow.Tensor] = [x]
+        scores_all: List[flow.Tensor] = []
+        probs_all: List[flow.Tensor] = []
+        for layer in self.encoder.layer:
+            x, scores, probs = layer(x, additive_mask)
+            hidden.append(x)
+            scores_all.append(scores)
+            probs_all.append(probs)
+        return BertModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x),
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(probs_all) if output_attentions else None,
+            attention_scores=tuple(scores_all) if output_attention_scores else None,
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: "str | Path", device: str = "cpu", verbose: bool = True) -> "BertModel":
+        """A BERT folder (Hugging Face, older OneFlow port, or metakd) -> model in eval mode."""
+        from metakd.checkpoint import load_backbone
+
+        model, _report = load_backbone(path, verbose=verbose)
+        return model.to(device).eval()

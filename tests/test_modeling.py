@@ -1,0 +1,157 @@
+"""The OneFlow BERT against Hugging Face's numbers (fixture) and against the formulas in numpy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, STUDENT_DIR, TEACHER_DIR, needs_models, tiny_config
+from metakd.modeling import BertConfig, BertModel, LayerNorm
+from metakd.runtime import flow
+
+FIXTURE = ROOT / "tests" / "fixtures" / "hf_bert.npz"
+TOL = 1e-4
+
+
+@needs_models
+@pytest.mark.parametrize("role,folder", [("teacher", TEACHER_DIR), ("student", STUDENT_DIR)])
+def test_matches_huggingface_bert(role, folder):
+    fx = np.load(FIXTURE)
+    model = BertModel.from_pretrained(folder, verbose=False)
+    assert not model.training  # from_pretrained returns eval mode
+    if role == "student":  # the checkpoint has no pooler; the fixture stores the one HF used
+        model.pooler.dense.weight.copy_(flow.tensor(fx["student.pooler.dense.weight"]))
+        model.pooler.dense.bias.copy_(flow.tensor(fx["student.pooler.dense.bias"]))
+    mask = fx["attention_mask"]
+    assert mask.min() == 0 and fx["token_type_ids"].max() == 1  # padding and both segments covered
+    with flow.no_grad():
+        out = model(flow.tensor(fx["input_ids"]), flow.tensor(mask), flow.tensor(fx["token_type_ids"]),
+                    output_hidden_states=True, output_attentions=True, output_attention_scores=True)
+    n_layers = model.config.num_hidden_layers
+    assert len(out.hidden_states) == n_layers + 1 and len(out.attentions) == n_layers
+    for i, h in enumerate(out.hidden_states):
+        np.testing.assert_allclose(h.numpy(), fx[f"{role}.hidden_states.{i}"], atol=TOL, rtol=0, err_msg=f"hidden {i}")
+    for i, a in enumerate(out.attentions):
+        np.testing.assert_allclose(a.numpy(), fx[f"{role}.attentions.{i}"], atol=TOL, rtol=0, err_msg=f"attention {i}")
+    np.testing.assert_allclose(out.pooler_output.numpy(), fx[f"{role}.pooler_output"], atol=TOL, rtol=0)
+    np.testing.assert_array_equal(out.last_hidden_state.numpy(), out.hidden_states[-1].numpy())
+    # Pre-softmax scores: softmax(scores + mask) is HF's attention map.
+    for s, a_ref in zip(out.attention_scores, (fx[f"{role}.attentions.{i}"] for i in range(n_layers))):
+        z = s.numpy() + (1.0 - mask[:, None, None, :]) * -10000.0
+        p = np.exp(z - z.max(-1, keepdims=True))
+        np.testing.assert_allclose(p / p.sum(-1, keepdims=True), a_ref, atol=TOL, rtol=0)
+
+
+def _np_layer_norm(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def test_layer_norm_matches_formula_and_oneflow():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(3, 5, 16)).astype(np.float32)
+    ln = LayerNorm(16, eps=1e-12)
+    ln.weight.copy_(flow.tensor(rng.normal(size=16).astype(np.float32)))
+    ln.bias.copy_(flow.tensor(rng.normal(size=16).astype(np.float32)))
+    y = ln(flow.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(y, _np_layer_norm(x, ln.weight.numpy(), ln.bias.numpy(), 1e-12), atol=2e-5)
+    ref = flow.nn.functional.layer_norm(flow.tensor(x), (16,), ln.weight, ln.bias, 1e-12).detach().numpy()
+    np.testing.assert_allclose(y, ref, atol=2e-5)
+
+
+def test_layer_norm_gradients_match_oneflow_kernel():
+    rng = np.random.default_rng(1)
+    x_np = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    g_np = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    grads = []
+    for fast in (True, False):
+        ln = LayerNorm(8, eps=1e-5)
+        x = flow.tensor(x_np, requires_grad=True)
+        y = ln(x) if fast else flow.nn.functional.layer_norm(x, (8,), ln.weight, ln.bias, 1e-5)
+        (y * flow.tensor(g_np)).sum().backward()
+        grads.append((x.grad.numpy(), ln.weight.grad.numpy(), ln.bias.grad.numpy()))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _np_gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def test_tiny_bert_matches_numpy_forward():
+    """An independent numpy BERT (written from the paper's formulas) on random weights."""
+    flow.manual_seed(0)
+    cfg = tiny_config()
+    model = BertModel(cfg).eval()
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, cfg.vocab_size, size=(2, 7))
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3])
+    types = np.array([[0] * 4 + [1] * 3, [0] * 7])
+    with flow.no_grad():
+        out = model(flow.tensor(ids), flow.tensor(mask), flow.tensor(types), output_hidden_states=True)
+
+    lin = lambda x, p: x @ sd[p + ".weight"].T + sd[p + ".bias"]
+    ln = lambda x, p: _np_layer_norm(x, sd[p + ".weight"], sd[p + ".bias"], cfg.layer_norm_eps)
+    x = sd["embeddings.word_embeddings.weight"][ids] + sd["embeddings.position_embeddings.weight"][np.arange(7)] \
+        + sd["embeddings.token_type_embeddings.weight"][types]
+    x = ln(x, "embeddings.LayerNorm")
+    np.testing.assert_allclose(out.hidden_states[0].numpy(), x, atol=1e-5)
+    A, d = cfg.num_attention_heads, cfg.head_size
+    for i in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        split = lambda t: t.reshape(2, 7, A, d).transpose(0, 2, 1, 3)
+        q, k, v = (split(lin(x, p + "attention.self." + n)) for n in ("query", "key", "value"))
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + (1 - mask[:, None, None, :]) * -10000.0
+        prob = np.exp(s - s.max(-1, keepdims=True))
+        prob /= prob.sum(-1, keepdims=True)
+        ctx = (prob @ v).transpose(0, 2, 1, 3).reshape(2, 7, -1)
+        a = ln(lin(ctx, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        x = ln(lin(_np_gelu(lin(a, p + "intermediate.dense")), p + "output.dense") + a, p + "output.LayerNorm")
+        np.testing.assert_allclose(out.hidden_states[i + 1].numpy(), x, atol=1e-4)
+    pooled = np.tanh(lin(x[:, 0], "pooler.dense"))
+    np.testing.assert_allclose(out.pooler_output.numpy(), pooled, atol=1e-5)
+
+
+def test_dropout_only_in_train_mode():
+    flow.manual_seed(0)
+    model = BertModel(tiny_config(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3))
+    ids = flow.tensor(np.arange(1, 11).reshape(2, 5))
+    model.eval()
+    with flow.no_grad():
+        a, b = model(ids).last_hidden_state.numpy(), model(ids).last_hidden_state.numpy()
+    np.testing.assert_array_equal(a, b)
+    model.train()
+    with flow.no_grad():
+        c, d = model(ids).last_hidden_state.numpy(), model(ids).last_hidden_state.numpy()
+    assert np.abs(c - d).max() > 1e-3 and np.abs(c - a).max() > 1e-3
+
+
+def test_outputs_are_optional_and_shaped():
+    cfg = tiny_config()
+    model = BertModel(cfg).eval()
+    ids = flow.tensor(np.ones((3, 6), dtype=np.int64))
+    out = model(ids)
+    assert out.hidden_states is None and out.attentions is None and out.attention_scores is None
+    assert tuple(out.last_hidden_state.shape) == (3, 6, 16) and tuple(out.pooler_output.shape) == (3, 16)
+    out = model(ids, output_attentions=True, output_attention_scores=True)
+    assert all(tuple(t.shape) == (3, 4, 6, 6) for t in out.attentions + out.attention_scores)
+
+
+def test_config_round_trip_keeps_extra_keys(tmp_path):
+    cfg = BertConfig.from_dict({"hidden_size": 32, "num_attention_heads": 4, "architectures": ["BertModel"], "foo": 1})
+    d = cfg.to_dict()
+    assert d["hidden_size"] == 32 and d["foo"] == 1 and d["architectures"] == ["BertModel"]
+
+
+def test_config_errors(tmp_path):
+    from metakd.errors import UserError
+
+    with pytest.raises(UserError, match="not a multiple"):
+        BertConfig(hidden_size=30, num_attention_heads=4)
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        BertConfig.from_json_file(bad)
