@@ -1,0 +1,1 @@
+"""Datasets: readers, splits and the TSV files that the pipeline stages pass to each other."""

@@ -1,0 +1,279 @@
+"""Step 1 of the pipeline: get the SENTI data (and optionally pretrained BERTs).
+
+    python -m metakd.get_data --source SRC --out data/SENTI [--cache-dir cache]
+                              [--models-out models] [--fetch-model NAME_OR_URL ...]
+
+SRC is an http(s) URL of ``domain_sentiment_data.tar.gz`` (the default), a local archive, a
+local ``sorted_data_acl`` folder (or a folder holding one), or ``synthetic`` (a tiny generated
+dataset plus tiny random teacher/student BERTs, for trying the pipeline on a laptop). Writes
+``train.tsv``, ``dev.tsv`` and ``test.tsv`` (the EasyNLP split) into ``--out``.
+
+``--fetch-model NAME`` downloads a Hugging Face BERT folder (config.json, vocab.txt,
+model.safetensors, tokenizer_config.json) into ``--models-out/<name>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import pandas as pd
+
+from metakd import download
+from metakd.data import senti, synthetic
+from metakd.errors import UserError, cli_main
+from metakd.fileio import atomic_dir, write_json
+
+PathLike = Union[str, os.PathLike]
+
+DEFAULT_SOURCE = "https://www.cs.jhu.edu/~mdredze/datasets/sentiment/domain_sentiment_data.tar.gz"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+# The paper's pair; any Hugging Face BERT with a model.safetensors works the same way.
+PAPER_MODELS = ("bert-base-uncased", "huawei-noah/TinyBERT_General_4L_312D")
+MODEL_FILES_REQUIRED = ("config.json", "vocab.txt")
+MODEL_FILES_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
+WEIGHTS_FILE = "model.safetensors"
+SPLITS = ("train", "dev", "test")
+EXTRACTED_STAMP = ".metakd-extracted.json"
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlsplit(text).scheme in ("http", "https")
+
+
+def _extract_cached(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` into ``dest`` unless ``dest`` already holds this very archive.
+
+    A small stamp (path, size, mtime) in ``dest`` tells whether the extraction is current, so a
+    re-run does not unpack again, but a different archive of the same name is never mistaken for
+    the old one.
+    """
+    info = archive.stat()
+    stamp = {"archive": str(archive.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+    marker = dest / EXTRACTED_STAMP
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")) == stamp:
+                return dest
+        except (OSError, ValueError):
+            pass  # unreadable stamp: extract again
+    print(f"extracting {archive} -> {dest}")
+    download.extract_archive(archive, dest)
+    write_json(marker, stamp)
+    return dest
+
+
+def resolve_source(source: str, cache_dir: PathLike, models_out: PathLike, seed: int = 0,
+                   synthetic_size: int = 50, sha256: Optional[str] = None,
+                   retries: int = 3) -> Path:
+    """The ``sorted_data_acl`` folder for ``source``, downloading/extracting/generating it.
+
+    ``synthetic`` also writes the tiny teacher and student BERTs under ``models_out``.
+    """
+    cache_dir = Path(cache_dir)
+    if source == "synthetic":
+        root = cache_dir / "synthetic" / "sorted_data_acl"
+        synthetic.make_synthetic_sorted_data_acl(root, synthetic_size, seed)
+        teacher, student = synthetic.make_tiny_bert_pair(models_out, seed=seed)
+        print(f"wrote synthetic reviews to {root}")
+        print(f"wrote tiny BERTs: teacher {teacher}, student {student}")
+        return root
+    if _is_url(source):
+        print(f"downloading {source}")
+        archive = download.fetch(source, cache_dir, sha256=sha256, retries=retries)
+        print(f"cached at {archive}")
+        if not download.is_archive(archive):
+            raise UserError("the URL does not name a .tar.gz, .tgz, .tar or .zip archive",
+                            path=archive)
+        extracted = _extract_cached(archive, archive.parent / download.archive_stem(archive))
+        return senti.find_sorted_data_acl(extracted)
+    path = Path(source)
+    if path.is_dir():
+        return senti.find_sorted_data_acl(path)
+    if path.is_file():
+        if sha256 is not None:
+            actual = download.sha256_of(path)
+            if actual != sha256.lower():
+                raise UserError(f"checksum mismatch: expected sha256 {sha256.lower()}, got "
+                                f"{actual}", path=path)
+        extracted = _extract_cached(path, cache_dir / "extracted" / download.archive_stem(path))
+        return senti.find_sorted_data_acl(extracted)
+    raise UserError("no such file or folder; --source takes an http(s) URL, an archive "
+                    "(.tar.gz/.tgz/.tar/.zip), a sorted_data_acl folder, or 'synthetic'",
+                    path=source)
+
+
+def write_splits(root: PathLike, out: PathLike) -> Dict[str, pd.DataFrame]:
+    """Parse ``root``, split it as EasyNLP does, write ``<out>/{train,dev,test}.tsv``."""
+    df = senti.load_sorted_data_acl(root)
+    for path, count in df.attrs.get("empty_reviews_skipped", {}).items():
+        print(f"note: {path}: left out {count} empty review(s)")
+    train, dev, test = senti.split_reference(df)
+    splits = {"train": train, "dev": dev, "test": test}
+    out = Path(out)
+    for name, frame in splits.items():
+        senti.write_split_tsv(frame, out / f"{name}.tsv")
+    return splits
+
+
+def format_counts(splits: Dict[str, pd.DataFrame]) -> str:
+    """A table: one row per split (and all), one column per domain, plus totals."""
+    domains = sorted({d for frame in splits.values() for d in frame["domain"]})
+    rows: List[Tuple[str, List[int]]] = []
+    for name, frame in splits.items():
+        counts = frame["domain"].value_counts()
+        rows.append((name, [int(counts.get(d, 0)) for d in domains] + [len(frame)]))
+    rows.append(("all", [sum(r[1][i] for r in rows) for i in range(len(domains) + 1)]))
+    header = ["split"] + domains + ["total"]
+    widths = [max(len(h), 5) for h in header]
+    lines = ["  ".join([header[0].ljust(widths[0])]
+                       + [h.rjust(w) for h, w in zip(header[1:], widths[1:])])]
+    for name, values in rows:
+        cells = [name.ljust(widths[0])] + [str(v).rjust(w) for v, w in zip(values, widths[1:])]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ models
+
+def _model_base_and_name(name_or_url: str, endpoint: str, revision: str) -> Tuple[str, str]:
+    if _is_url(name_or_url):
+        parts = [p for p in urllib.parse.urlsplit(name_or_url).path.split("/") if p]
+        if "resolve" in parts and parts.index("resolve") > 0:
+            name = parts[parts.index("resolve") - 1]
+        else:
+            name = parts[-1] if parts else "model"
+        return name_or_url.rstrip("/"), name
+    name = name_or_url.strip("/")
+    if not name or any(p in ("", ".", "..") for p in name.split("/")):
+        raise UserError(f"{name_or_url!r} is not a model name like 'bert-base-uncased' or "
+                        "'huawei-noah/TinyBERT_General_4L_312D', nor an http(s) URL")
+    return f"{endpoint.rstrip('/')}/{name}/resolve/{revision}", name.split("/")[-1]
+
+
+def fetch_model(name_or_url: str, models_out: PathLike, cache_dir: PathLike,
+                endpoint: str = DEFAULT_HF_ENDPOINT, revision: str = "main",
+                retries: int = 3) -> Path:
+    """Download a Hugging Face BERT folder into ``<models_out>/<name>`` and return it.
+
+    ``name_or_url`` is a hub name (files at ``<endpoint>/<name>/resolve/<revision>/<file>``) or
+    a base URL under which the files lie. Needs config.json, vocab.txt and model.safetensors;
+    tokenizer_config.json and special_tokens_map.json are copied when present.
+
+    Raises:
+      UserError: a required file is missing (a model with only ``pytorch_model.bin`` is named
+        as such, with how to convert it) or the network is unreachable.
+    """
+    base, name = _model_base_and_name(name_or_url, endpoint, revision)
+    files: Dict[str, Path] = {}
+    for filename in MODEL_FILES_REQUIRED:
+        files[filename] = download.fetch(f"{base}/{filename}", cache_dir, retries=retries)
+    for filename in MODEL_FILES_OPTIONAL:
+        try:
+            files[filename] = download.fetch(f"{base}/{filename}", cache_dir, retries=retries)
+        except download.DownloadError as e:
+            if e.status != 404:
+                raise
+    dest = Path(models_out) / name
+    try:
+        files[WEIGHTS_FILE] = download.fetch(f"{base}/{WEIGHTS_FILE}", cache_dir, retries=retries)
+    except download.DownloadError as e:
+        if e.status != 404:
+            raise
+        if download.url_status(f"{base}/pytorch_model.bin") == 200:
+            raise UserError(
+                f"{name_or_url} has only pytorch_model.bin, no {WEIGHTS_FILE}; metakd reads "
+                "safetensors and does not depend on torch: convert it once where torch is "
+                "installed (python -c \"import torch; from safetensors.torch import save_file; "
+                "sd = torch.load('pytorch_model.bin', map_location='cpu'); "
+                "save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\") "
+                f"and put model.safetensors, config.json and vocab.txt into {dest}") from None
+        raise UserError(f"no {WEIGHTS_FILE} at {base}/{WEIGHTS_FILE} (HTTP 404); is "
+                        f"{name_or_url!r} a BERT model with safetensors weights?") from None
+    with atomic_dir(dest) as tmp:
+        for filename, cached in files.items():
+            download.copy_into(cached, tmp / filename)
+    return dest
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m metakd.get_data",
+        description="Get the Amazon multi-domain sentiment data (SENTI) and write the EasyNLP "
+                    "train/dev/test split (6480/720/800 reviews) as TSV files; optionally "
+                    "download pretrained BERT folders.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m metakd.get_data --out data/SENTI                   # download\n"
+               "  python -m metakd.get_data --source ~/domain_sentiment_data.tar.gz\n"
+               "  python -m metakd.get_data --source ~/data/sorted_data_acl\n"
+               "  python -m metakd.get_data --source synthetic --models-out models\n"
+               "  python -m metakd.get_data --fetch-model bert-base-uncased "
+               "--fetch-model huawei-noah/TinyBERT_General_4L_312D\n"
+               "\nOffline: download the archive by hand and pass it with --source.")
+    parser.add_argument(
+        "--source", default=None,
+        help="where the reviews come from: an http(s) URL of domain_sentiment_data.tar.gz "
+             f"(default {DEFAULT_SOURCE}), a local .tar.gz/.tgz/.tar/.zip archive, a local "
+             "sorted_data_acl folder (or a folder holding one), or 'synthetic' (a tiny "
+             "generated dataset, and tiny random teacher/student BERTs in --models-out). "
+             "If only --fetch-model is given, no data is fetched.")
+    parser.add_argument("--out", default="data/SENTI",
+                        help="folder for train.tsv, dev.tsv, test.tsv (default: %(default)s)")
+    parser.add_argument("--cache-dir", default="cache",
+                        help="downloads and extracted archives are kept here "
+                             "(default: %(default)s)")
+    parser.add_argument("--models-out", default="models",
+                        help="where model folders go: tiny-teacher/tiny-student for "
+                             "'synthetic', <name> for --fetch-model (default: %(default)s)")
+    parser.add_argument("--sha256", default=None,
+                        help="expected SHA-256 of the archive (URL or local file)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="tries per download on network errors (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the synthetic data and tiny BERTs (default: %(default)s); "
+                             "the split always uses EasyNLP's seed 11111")
+    parser.add_argument("--synthetic-size", type=int, default=50,
+                        help="synthetic reviews per domain and label (default: %(default)s)")
+    parser.add_argument(
+        "--fetch-model", action="append", default=[], metavar="NAME_OR_URL",
+        help="download a Hugging Face BERT folder (config.json, vocab.txt, model.safetensors, "
+             "tokenizer_config.json) into --models-out/<name>; a hub name such as "
+             + " or ".join(PAPER_MODELS) + ", or a base URL holding those files; repeatable")
+    parser.add_argument("--hf-endpoint", default=os.environ.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT),
+                        help="Hugging Face hub address for --fetch-model names (default: "
+                             "$HF_ENDPOINT or %s)" % DEFAULT_HF_ENDPOINT)
+    parser.add_argument("--revision", default="main", help="hub revision (default: %(default)s)")
+    return parser
+
+
+@cli_main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.synthetic_size < 1:
+        raise UserError("--synthetic-size must be at least 1")
+    for name in args.fetch_model:
+        dest = fetch_model(name, args.models_out, args.cache_dir, endpoint=args.hf_endpoint,
+                           revision=args.revision, retries=args.retries)
+        print(f"wrote model {name} to {dest}")
+    if args.source is None and args.fetch_model:
+        return 0
+    source = args.source or DEFAULT_SOURCE
+    root = resolve_source(source, args.cache_dir, args.models_out, seed=args.seed,
+                          synthetic_size=args.synthetic_size, sha256=args.sha256,
+                          retries=args.retries)
+    print(f"reading {root}")
+    splits = write_splits(root, args.out)
+    print(f"wrote {', '.join(str(Path(args.out) / f'{s}.tsv') for s in SPLITS)}")
+    print(format_counts(splits))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
