@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# 2. Prototype scores: the pretrained teacher's mean token embedding of every training example is
+#    compared with its domain's centroid and with the other domains' -> DATA_DIR/train_with_weights.tsv,
+#    plus dev_standard.tsv and test_standard.tsv in the same schema.
+cd "$(dirname "$0")" && source tools/common.sh
+
+DATA_DIR="${DATA_DIR:-data/SENTI}"                         # from 1_get_data.sh
+TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # pretrained BERT folder (HF layout)
+MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"                     # tokens per input
+EMBED_BATCH_SIZE="${EMBED_BATCH_SIZE:-64}"                  # inference batch
+DEVICE="${DEVICE:-auto}"                                    # auto | cpu | cuda
+COMPAT="${COMPAT:-none}"                                    # none | easynlp (reference numerics)
+
+run_metakd process_data --data-dir "$DATA_DIR" --teacher-model "$TEACHER_MODEL" \
+  --max-seq-length "$MAX_SEQ_LENGTH" --batch-size "$EMBED_BATCH_SIZE" --device "$DEVICE" --compat "$COMPAT"

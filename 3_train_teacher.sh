@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# 3. The meta-teacher: fine-tune TEACHER_MODEL on all domains at once, each example weighted by its
+#    prototype score, with the domain-corruption loss -> OUT_DIR/meta_teacher/ (best by dev accuracy).
+cd "$(dirname "$0")" && source tools/common.sh
+
+DATA_DIR="${DATA_DIR:-data/SENTI}"                          # from 2_process_data.sh
+TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # pretrained BERT folder to start from
+OUT_DIR="${OUT_DIR:-out}"                                   # writes OUT_DIR/meta_teacher
+TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}"                       # EasyNLP's setting
+TEACHER_LR="${TEACHER_LR:-3e-5}"                            # peak LR; linear warm-up 10%, then linear decay
+BATCH_SIZE="${BATCH_SIZE:-16}"                              # per process; global batch = BATCH_SIZE x NPROC
+MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"
+USE_SAMPLE_WEIGHTS="${USE_SAMPLE_WEIGHTS:-1}"               # 1: weight each example by its prototype score
+USE_DOMAIN_LOSS="${USE_DOMAIN_LOSS:-1}"                     # 1: add the domain-corruption loss
+DOMAIN_LOSS_WEIGHT="${DOMAIN_LOSS_WEIGHT:-0.5}"             # its weight (lambda)
+EVAL_EVERY="${EVAL_EVERY:-50}"                              # dev evaluation every N steps (0: per epoch)
+LOG_EVERY="${LOG_EVERY:-20}"                                # a log line every N steps
+SEED="${SEED:-42}"
+DEVICE="${DEVICE:-auto}"                                    # auto | cpu | cuda
+COMPAT="${COMPAT:-none}"                                    # none | easynlp (reference numerics)
+NPROC="${NPROC:-1}"                                         # processes (CPU cores or GPUs) for training
+
+flags=()
+[ "$USE_SAMPLE_WEIGHTS" = 1 ] || flags+=(--no-sample-weights)
+[ "$USE_DOMAIN_LOSS" = 1 ] || flags+=(--no-domain-loss)
+DISTRIBUTED=1 run_metakd train_teacher --data-dir "$DATA_DIR" --model "$TEACHER_MODEL" --out "$OUT_DIR/meta_teacher" \
+  --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" \
+  --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
+  --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# 4. Distillation stage 1 for GENRE: the student learns the meta-teacher's attention, hidden states and
+#    domain representation, each example weighted by (1 + prototype) x the teacher's domain expertise
+#    -> OUT_DIR/GENRE/meta_student_pretrain/
+cd "$(dirname "$0")" && source tools/common.sh
+
+GENRE="${GENRE:-books}"                                     # target domain: books | dvd | electronics | kitchen
+DATA_DIR="${DATA_DIR:-data/SENTI}"
+OUT_DIR="${OUT_DIR:-out}"                                   # reads OUT_DIR/meta_teacher
+STUDENT_MODEL="${STUDENT_MODEL:-models/TinyBERT_General_4L_312D}"  # pretrained student BERT folder
+STAGE1_EPOCHS="${STAGE1_EPOCHS:-10}"
+STAGE1_LR="${STAGE1_LR:-3e-5}"
+BATCH_SIZE="${BATCH_SIZE:-16}"                              # per process; global batch = BATCH_SIZE x NPROC
+MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"
+DOMAIN_LOSS_WEIGHT="${DOMAIN_LOSS_WEIGHT:-0.5}"             # weight of the domain-representation term
+LOG_EVERY="${LOG_EVERY:-20}"
+SEED="${SEED:-42}"
+DEVICE="${DEVICE:-auto}"
+COMPAT="${COMPAT:-none}"
+NPROC="${NPROC:-1}"
+
+DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$OUT_DIR/meta_teacher" \
+  --student "$STUDENT_MODEL" --out "$OUT_DIR/$GENRE/meta_student_pretrain" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
+  --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" \
+  --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" --compat "$COMPAT"

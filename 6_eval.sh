@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# 6. Evaluate GENRE's student (and the meta-teacher, for reference) on GENRE's test split:
+#    accuracy and macro-F1 as a table and in OUT_DIR/eval_test.json. GENRE=all: every genre with a student.
+cd "$(dirname "$0")" && source tools/common.sh
+
+GENRE="${GENRE:-books}"                   # a genre, or all
+DATA_DIR="${DATA_DIR:-data/SENTI}"
+OUT_DIR="${OUT_DIR:-out}"
+SPLIT="${SPLIT:-test}"                    # test | dev
+DEVICE="${DEVICE:-auto}"
+
+run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE"

@@ -1,0 +1,119 @@
+"""Pieces shared by the ``python -m metakd.<stage>`` entry points: options, data, models."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from metakd.errors import UserError
+from metakd.features import Encoded, encode
+
+TRAIN_FILE = "train_with_weights.tsv"
+DEV_FILE = "dev_standard.tsv"
+TEST_FILE = "test_standard.tsv"
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=Formatter)
+
+
+def add_common(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
+    g = p.add_argument_group("common")
+    g.add_argument("--task", default="senti", choices=["senti"], help="dataset and its labels/domains")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    g.add_argument("--compat", default="none", choices=["none", "easynlp"],
+                   help="'easynlp' reproduces EasyNLP's numerics (design.md section 3) for side-by-side checks")
+    g.add_argument("--max-seq-length", type=int, default=128, help="tokens per input, [CLS]/[SEP] included")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step and process")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+
+
+def add_training(p: argparse.ArgumentParser, epochs: int, eval_every: int = 50) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (for the global batch)")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup-proportion", type=float, default=0.1)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--log-every", type=int, default=20, help="a log line every N steps")
+    g.add_argument("--eval-every", type=int, default=eval_every, help="dev evaluation every N steps (0: end of each epoch)")
+    g.add_argument("--save-every", type=int, default=50, help="a resumable state every N steps (0: never)")
+    g.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: run all epochs)")
+    g.add_argument("--restart", action="store_true", help="ignore a saved resumable state and start over")
+
+
+def train_args(a: argparse.Namespace):
+    from metakd.trainer import TrainArgs
+
+    return TrainArgs(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                     warmup_proportion=a.warmup_proportion, max_grad_norm=a.max_grad_norm, seed=a.seed,
+                     log_every=a.log_every, eval_every=a.eval_every, save_every=a.save_every,
+                     max_steps=a.max_steps, resume=not a.restart)
+
+
+def processor(task: str):
+    from metakd.data.senti import SentiProcessor
+
+    if task == "senti":
+        return SentiProcessor()
+    raise UserError(f"unknown task {task!r}")
+
+
+def check_seq_length(max_seq_length: int, *configs) -> None:
+    if max_seq_length < 3:
+        raise UserError(f"--max-seq-length must be >= 3, got {max_seq_length}")
+    for cfg in configs:
+        if max_seq_length > cfg.max_position_embeddings:
+            raise UserError(f"--max-seq-length {max_seq_length} exceeds the model's max_position_embeddings "
+                            f"{cfg.max_position_embeddings}; lower it")
+
+
+def read_standard(path: Path, proc, genre: Optional[str] = None) -> pd.DataFrame:
+    """A standard TSV, checked, optionally filtered to one genre (which must have rows)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("file not found; run the earlier pipeline scripts first (2_process_data.sh writes it)", path)
+    df = proc.read_standard(path)
+    unknown = sorted(set(df["domain"]) - set(proc.domains))
+    if unknown:
+        raise UserError(f"unknown domain {unknown[0]!r}; this task's domains are {', '.join(proc.domains)}", path)
+    if genre is not None:
+        check_genre(genre, proc)
+        df = df[df["domain"] == genre].reset_index(drop=True)
+        if len(df) == 0:
+            raise UserError(f"no rows of genre {genre!r}; the genres present are {', '.join(sorted(set(proc.read_standard(path)['domain'])))}", path)
+    return df
+
+
+def check_genre(genre: str, proc) -> None:
+    if genre not in proc.domains:
+        raise UserError(f"unknown GENRE {genre!r}; choose one of {', '.join(proc.domains)}")
+
+
+def encode_split(df: pd.DataFrame, tokenizer, proc, max_length: int, compat: str, training: bool, source: Path) -> Encoded:
+    """Encode with the input layout of the chosen numerics (design.md section 3)."""
+    mode = "data" if compat == "none" else ("none-pair" if training else "empty-pair")
+    return encode(df, tokenizer, proc.labels, proc.domains, max_length, text_b_mode=mode, source=str(source))
+
+
+def load_tokenizer(folder: Path):
+    from metakd.tokenization import BertTokenizer
+
+    return BertTokenizer.from_pretrained(folder)
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[str], file=sys.stdout) -> None:
+    """A plain aligned text table."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)

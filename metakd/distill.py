@@ -1,0 +1,189 @@
+"""Stages 4 and 5 of the pipeline: distil the meta-teacher into a student for one genre.
+
+    python -m metakd.distill --stage first  --genre books --teacher out/meta_teacher \
+        --student models/TinyBERT_General_4L_312D --out out/books/meta_student_pretrain
+    python -m metakd.distill --stage second --genre books --teacher out/meta_teacher \
+        --student out/books/meta_student_pretrain --out out/books/meta_student_finetune
+
+Stage ``first`` (intermediate layers): attention, hidden-state and domain-representation MSE,
+each example weighted by (1 + prototype score) x the teacher's domain expertise
+1/(1+exp((1-p_y)^2)); the final model is kept. Stage ``second`` (prediction layer): soft
+cross-entropy against the teacher's logits at temperature T; the best model by the genre's
+dev accuracy is kept. The teacher is frozen (eval mode, no grad); ``--compat easynlp`` gives
+EasyNLP's numerics instead (design.md section 3).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from metakd import cli
+from metakd.errors import UserError, cli_main
+
+
+def build_parser():
+    p = cli.parser("python -m metakd.distill", __doc__)
+    p.add_argument("--stage", required=True, choices=["first", "second"])
+    p.add_argument("--genre", required=True, help="target domain (e.g. books)")
+    p.add_argument("--data-dir", type=Path, default=Path("data/SENTI"))
+    p.add_argument("--teacher", type=Path, required=True, help="meta-teacher checkpoint (3_train_teacher.sh)")
+    p.add_argument("--student", type=Path, required=True,
+                   help="stage first: a pretrained BERT folder; stage second: stage first's output")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--temperature", "-T", type=float, default=2.0, help="stage second: softmax temperature")
+    p.add_argument("--domain-loss-weight", type=float, default=0.5, help="stage first: lambda of the domain term")
+    cli.add_common(p)
+    cli.add_training(p, epochs=10)
+    return p
+
+
+def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teacher_dir: Path, student_dir: Path) -> None:
+    """Everything that would make the pair fail mid-run, checked before any work starts."""
+    from metakd.losses import layer_map
+
+    layer_map(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
+    if teacher_cfg.num_attention_heads != student_cfg.num_attention_heads:
+        raise UserError(f"teacher has {teacher_cfg.num_attention_heads} attention heads and the student "
+                        f"{student_cfg.num_attention_heads}: attention maps are compared head by head, so they must be "
+                        "equal; choose another student", student_dir)
+    if teacher_tok.vocab != student_tok.vocab:
+        raise UserError(f"teacher ({teacher_dir}) and student use different vocabularies, but both read the same token "
+                        "ids; use a student with the teacher's vocab.txt", student_dir)
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from metakd.checkpoint import read_config, read_metakd_info, save_checkpoint
+    from metakd.evaluation import evaluate
+    from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, soft_cross_entropy, stage1_loss
+    from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
+    from metakd.runtime import flow, resolve_device, seed_everything
+    from metakd.trainer import Trainer
+
+    proc = cli.processor(a.task)
+    cli.check_genre(a.genre, proc)
+    targs = cli.train_args(a)
+    targs.validate()
+    if not a.temperature > 0:
+        raise UserError(f"--temperature must be > 0, got {a.temperature}")
+    compat = a.compat
+    device = resolve_device(a.device)
+
+    # Shapes first: a pair that cannot be distilled fails before anything is loaded or trained.
+    teacher_info = read_metakd_info(a.teacher)
+    teacher_cfg = read_config(a.teacher)
+    student_cfg = read_config(a.student)
+    teacher_tok, student_tok = cli.load_tokenizer(a.teacher), cli.load_tokenizer(a.student)
+    check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, a.teacher, a.student)
+    cli.check_seq_length(a.max_seq_length, teacher_cfg, student_cfg)
+    if list(teacher_info.get("labels", [])) != list(proc.labels) or list(teacher_info.get("domains", [])) != list(proc.domains):
+        raise UserError(f"the teacher was trained for labels {teacher_info.get('labels')} and domains "
+                        f"{teacher_info.get('domains')}, not this task's; train it on this data", a.teacher)
+
+    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=a.genre)
+    dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=a.genre)
+    seed_everything(a.seed)
+    teacher, _ = load_meta_checkpoint(a.teacher, verbose=False)
+    fit_size = teacher_cfg.hidden_size
+    if a.stage == "first":
+        student, _ = build_from_pretrained(a.student, len(proc.labels), len(proc.domains), fit_size=fit_size,
+                                           head_init="framework" if compat == "easynlp" else "bert")
+    else:
+        student, info = load_meta_checkpoint(a.student, fit_size="keep", verbose=False)
+        if info.get("role") != "student_first":
+            print(f"note: {a.student} is not a stage-first output (role {info.get('role')!r}); continuing")
+    teacher, student = teacher.to(device), student.to(device)
+    for prm in teacher.parameters():
+        prm.requires_grad = False
+    # The reference leaves the teacher in training mode (dropout on); by default it is frozen.
+    teacher.train(compat == "easynlp")
+    teacher_fit = None
+    if compat == "easynlp" and a.stage == "first":
+        # EasyNLP loads the teacher as a student class, so its domain representation passes through
+        # a freshly random fit_dense (seeded by the run's seed).
+        teacher_fit = flow.nn.Linear(teacher_cfg.hidden_size, fit_size)
+        init_framework_default(teacher_fit)
+        teacher_fit = teacher_fit.to(device)
+        for prm in teacher_fit.parameters():
+            prm.requires_grad = False
+
+    train = cli.encode_split(train_df, student_tok, proc, a.max_seq_length, compat, True, a.data_dir / cli.TRAIN_FILE)
+    dev = cli.encode_split(dev_df, student_tok, proc, a.max_seq_length, compat, False, a.data_dir / cli.DEV_FILE)
+    print(f"stage {a.stage} for {a.genre}: {len(train)} training / {len(dev)} dev examples; teacher "
+          f"{teacher_cfg.num_hidden_layers}L/{teacher_cfg.hidden_size}H -> student {student_cfg.num_hidden_layers}L/"
+          f"{student_cfg.hidden_size}H; device {device}; compat {compat}")
+    trim = compat != "easynlp"
+
+    if a.stage == "first":
+        att_pairs = attention_pairs(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
+        hid_pairs = hidden_pairs(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
+        use_scores = compat != "easynlp"
+
+        def step_loss(batch, step):
+            ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
+            s = student(ids, mask, types, compat=compat, output_hidden_states=True,
+                        output_attentions=not use_scores, output_attention_scores=use_scores)
+            with flow.no_grad():
+                t = teacher(ids, mask, types, compat=compat, output_hidden_states=True,
+                            output_attentions=not use_scores, output_attention_scores=use_scores)
+                t_dom = teacher.domain_representation(t.content, doms)
+                if teacher_fit is not None:
+                    t_dom = teacher_fit(t_dom)
+                weights = (1.0 + batch["weights"]) * expertise_weights(t.logits, batch["labels"])
+            s_att = s.backbone.attention_scores if use_scores else s.backbone.attentions
+            t_att = t.backbone.attention_scores if use_scores else t.backbone.attentions
+            x = Stage1Inputs(
+                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=[t_att[i] for _, i in att_pairs],
+                student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs],
+                teacher_hidden=[t.backbone.hidden_states[i] for _, i in hid_pairs],
+                student_domain=student.fit(student.domain_representation(s.content, doms)), teacher_domain=t_dom,
+                attention_mask=mask, weights=weights)
+            return stage1_loss(x, a.domain_loss_weight, compat)
+
+        evaluate_fn = None
+    else:
+        cached = None
+        if compat != "easynlp":
+            # A frozen teacher in eval mode gives the same logits every epoch: compute them once.
+            from metakd.evaluation import predict_logits
+
+            cached = predict_logits(teacher, train, 64, device, progress=not a.no_progress, desc="teacher logits")
+
+        def step_loss(batch, step):
+            s = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat)
+            if cached is not None:
+                t_logits = flow.tensor(cached[batch["row_index"].numpy()], device=device)
+            else:
+                with flow.no_grad():
+                    t_logits = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat).logits
+            return soft_cross_entropy(s.logits, t_logits, a.temperature), {}
+
+        evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)
+
+    role = "student_first" if a.stage == "first" else "student_second"
+
+    def save(folder, results):
+        info = student.metakd_info(role, proc.labels, proc.domains, a.task)
+        info.update(genre=a.genre, compat=compat, max_seq_length=a.max_seq_length, teacher=str(a.teacher),
+                    source_model=str(a.student), temperature=a.temperature if a.stage == "second" else None)
+        save_checkpoint(folder, student, student.config, info, vocab_from=a.student)
+
+    trainer = Trainer(student, train, step_loss, targs, device, a.out, save, evaluate=evaluate_fn, trim=trim,
+                      progress=not a.no_progress,
+                      stage=f"{a.genre}/{a.stage}",
+                      fingerprint={"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir),
+                                   "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,
+                                   "lambda": a.domain_loss_weight})
+    results = trainer.fit()
+    if a.stage == "second":
+        print(f"stage second for {a.genre}: best dev accuracy {results['dev'].get('accuracy', float('nan')):.4f} at step "
+              f"{results['best_step']}; saved {a.out}")
+    else:
+        print(f"stage first for {a.genre}: {results['steps']} steps; saved {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Stage 6 of the pipeline: the student of a genre (and the meta-teacher) on that genre's test split.
+
+    python -m metakd.evaluate --genre books --out-root out
+    python -m metakd.evaluate --genre all --out-root out      # every genre with a student
+
+Prints a table (accuracy, macro-F1) and writes ``<out-root>/eval_<split>.json`` plus
+``eval_<split>.json`` inside each evaluated student's folder.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from metakd import cli
+from metakd.errors import UserError, cli_main
+
+STUDENT_SUBDIR = "meta_student_finetune"
+
+
+def build_parser():
+    p = cli.parser("python -m metakd.evaluate", __doc__)
+    p.add_argument("--genre", default="books", help="a genre, or 'all' for every genre that has a student")
+    p.add_argument("--data-dir", type=Path, default=Path("data/SENTI"))
+    p.add_argument("--out-root", type=Path, default=Path("out"),
+                   help=f"where 3-5 wrote: <out-root>/meta_teacher and <out-root>/<genre>/{STUDENT_SUBDIR}")
+    p.add_argument("--student", type=Path, default=None, help="evaluate this student folder instead (one genre)")
+    p.add_argument("--teacher", type=Path, default=None, help="meta-teacher folder (default <out-root>/meta_teacher)")
+    p.add_argument("--no-teacher", action="store_true", help="evaluate the students only")
+    p.add_argument("--split", default="test", choices=["test", "dev"])
+    p.set_defaults(batch_size=64)
+    cli.add_common(p, batch_size=64)
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from metakd.checkpoint import read_metakd_info
+    from metakd.evaluation import evaluate
+    from metakd.fileio import write_json
+    from metakd.meta_model import load_meta_checkpoint
+    from metakd.runtime import resolve_device
+
+    proc = cli.processor(a.task)
+    split_file = a.data_dir / (cli.TEST_FILE if a.split == "test" else cli.DEV_FILE)
+    if a.genre == "all":
+        if a.student is not None:
+            raise UserError("--student evaluates one model: give --genre too, not 'all'")
+        genres = [g for g in proc.domains if (a.out_root / g / STUDENT_SUBDIR).exists()]
+        if not genres:
+            raise UserError(f"no students found (expected <out-root>/<genre>/{STUDENT_SUBDIR}); run 4 and 5 first", a.out_root)
+    else:
+        cli.check_genre(a.genre, proc)
+        genres = [a.genre]
+    device = resolve_device(a.device)
+    teacher_dir = a.teacher or a.out_root / "meta_teacher"
+    models = []  # (genre, role, folder)
+    for g in genres:
+        folder = a.student or a.out_root / g / STUDENT_SUBDIR
+        models.append((g, "student", folder))
+        if not a.no_teacher:
+            models.append((g, "meta-teacher", teacher_dir))
+    for _, _, folder in models:  # every folder checked before any work
+        read_metakd_info(folder)
+
+    rows, results = [], {}
+    loaded = {}
+    for genre, role, folder in models:
+        if folder not in loaded:
+            model, info = load_meta_checkpoint(folder, verbose=False)
+            loaded[folder] = (model.to(device), info, cli.load_tokenizer(folder))
+        model, info, tok = loaded[folder]
+        compat = info.get("compat", "none")
+        df = cli.read_standard(split_file, proc, genre=genre)
+        enc = cli.encode_split(df, tok, proc, int(info.get("max_seq_length", a.max_seq_length)), compat, False, split_file)
+        t0 = time.perf_counter()
+        m = evaluate(model, enc, proc.labels, a.batch_size, device, compat=compat, progress=not a.no_progress,
+                     desc=f"{genre} {role}")
+        secs = time.perf_counter() - t0
+        entry = {"genre": genre, "model": role, "folder": str(folder), "split": a.split, **m,
+                 "samples_per_second": round(len(enc) / max(secs, 1e-9), 1)}
+        results.setdefault(genre, {})[role] = entry
+        rows.append({"genre": genre, "model": role, "n": m["n"], "accuracy": f"{m['accuracy']:.4f}",
+                     "macro_f1": f"{m['macro_f1']:.4f}", "folder": str(folder)})
+        if role == "student":
+            write_json(Path(folder) / f"eval_{a.split}.json", entry)
+    cli.print_table(rows, ["genre", "model", "n", "accuracy", "macro_f1", "folder"])
+    out = a.out_root / f"eval_{a.split}.json"
+    write_json(out, {"split": a.split, "data": str(split_file), "results": results})
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

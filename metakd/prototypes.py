@@ -1,0 +1,55 @@
+"""Prototype scores: how typical each training example is of its own domain and of the others.
+
+score_i = (cos(e_i, c_d) + cos(e_i, mean of the other domains' centroids)) / 2, where e_i is the
+pretrained teacher's mean token embedding of example i and c_d the mean embedding of domain d
+(both labels together), as in the reference (reference.md section 2.3).
+"""
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from metakd.errors import UserError
+from metakd.features import Encoded, inference_batches, to_tensors
+from metakd.meta_model import content_vector
+from metakd.runtime import flow
+
+
+def mean_embeddings(backbone, enc: Encoded, batch_size: int, device, compat: str = "none", progress: bool = True) -> np.ndarray:
+    """[N,H] content vectors (float32) of a BertModel, in row order; no grad, eval mode.
+
+    Default: mean over real tokens without [CLS], length-bucketed trimmed batches. ``easynlp``:
+    mean over positions 1..L-1 of full-length (padded) inputs, as the reference.
+    """
+    trim = compat != "easynlp"
+    batches = inference_batches(enc.lengths, batch_size) if trim else \
+        [np.arange(i, min(i + batch_size, len(enc))) for i in range(0, len(enc), batch_size)]
+    out = np.zeros((len(enc), backbone.config.hidden_size), dtype=np.float32)
+    backbone.eval()
+    with flow.no_grad():
+        for idx in tqdm(batches, desc="embeddings", disable=None if progress else True, leave=False):
+            b = to_tensors(enc, idx, device, trim=trim)
+            h = backbone(b["input_ids"], b["attention_mask"], b["token_type_ids"]).last_hidden_state
+            out[idx] = content_vector(h, b["attention_mask"], compat).numpy()
+    return out
+
+
+def _cos(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    denom = np.linalg.norm(x, axis=1) * np.linalg.norm(c)
+    return (x @ c) / np.maximum(denom, 1e-12)
+
+
+def prototype_scores(embeddings: np.ndarray, domains: np.ndarray, num_domains: int) -> np.ndarray:
+    """[N,H] embeddings, [N] domain ids -> [N] float64 scores in [-1, 1]."""
+    emb = embeddings.astype(np.float64)
+    present = sorted(set(domains.tolist()))
+    if len(present) < 2:
+        raise UserError("prototype scores compare each domain with the others: the training data has only "
+                        f"{len(present)} domain; give it at least two")
+    centroids = {d: emb[domains == d].mean(axis=0) for d in present}
+    scores = np.zeros(len(emb))
+    for d in present:
+        rows = domains == d
+        outside = np.mean([centroids[o] for o in present if o != d], axis=0)
+        scores[rows] = (_cos(emb[rows], centroids[d]) + _cos(emb[rows], outside)) / 2.0
+    return scores

@@ -1,0 +1,95 @@
+"""Stage 3 of the pipeline: the meta-teacher, trained on all domains at once.
+
+    python -m metakd.train_teacher --data-dir data/SENTI --model models/bert-base-uncased --out out/meta_teacher
+
+Loss per example: ``w * (CE(logits, y) + lambda * CE(domain_logits, shuffled domain))`` with
+``w`` the prototype score (``--no-sample-weights`` for w = 1) and the domain-corruption term
+switchable (``--no-domain-loss``), averaged over the batch. AdamW with linear warm-up/decay,
+gradient clipping, dev accuracy every ``--eval-every`` steps; the best checkpoint is kept in
+``--out`` with ``results.json``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from metakd import cli
+from metakd.errors import UserError, cli_main
+
+
+def build_parser():
+    p = cli.parser("python -m metakd.train_teacher", __doc__)
+    p.add_argument("--data-dir", type=Path, default=Path("data/SENTI"),
+                   help=f"folder with {cli.TRAIN_FILE} and {cli.DEV_FILE} (from 2_process_data.sh)")
+    p.add_argument("--model", type=Path, required=True, help="pretrained BERT folder to start from")
+    p.add_argument("--out", type=Path, default=Path("out/meta_teacher"), help="checkpoint folder to write")
+    p.add_argument("--no-sample-weights", dest="use_sample_weights", action="store_false",
+                   help="do not weight examples by their prototype score")
+    p.add_argument("--no-domain-loss", dest="use_domain_loss", action="store_false",
+                   help="drop the domain-corruption loss")
+    p.add_argument("--domain-loss-weight", type=float, default=0.5, help="lambda of the domain-corruption loss")
+    cli.add_common(p)
+    cli.add_training(p, epochs=1)
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from metakd.checkpoint import save_checkpoint
+    from metakd.evaluation import evaluate
+    from metakd.losses import teacher_loss
+    from metakd.meta_model import build_from_pretrained
+    from metakd.runtime import flow, resolve_device, seed_everything
+    from metakd.trainer import Trainer
+
+    proc = cli.processor(a.task)
+    targs = cli.train_args(a)
+    targs.validate()
+    if a.domain_loss_weight < 0:
+        raise UserError(f"--domain-loss-weight must be >= 0, got {a.domain_loss_weight}")
+    device = resolve_device(a.device)
+    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc)
+    dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc)
+    seed_everything(a.seed)
+    model, _ = build_from_pretrained(a.model, len(proc.labels), len(proc.domains),
+                                     head_init="framework" if a.compat == "easynlp" else "bert")
+    cli.check_seq_length(a.max_seq_length, model.config)
+    model = model.to(device)
+    tokenizer = cli.load_tokenizer(a.model)
+    train = cli.encode_split(train_df, tokenizer, proc, a.max_seq_length, a.compat, True, a.data_dir / cli.TRAIN_FILE)
+    dev = cli.encode_split(dev_df, tokenizer, proc, a.max_seq_length, a.compat, False, a.data_dir / cli.DEV_FILE)
+    print(f"meta-teacher: {len(train)} training examples ({', '.join(f'{d} {int((train.domains == i).sum())}' for i, d in enumerate(proc.domains))}), "
+          f"{len(dev)} dev, device {device}, compat {a.compat}")
+
+    def step_loss(batch, step):
+        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=a.compat)
+        domain_logits = corrupted = None
+        if a.use_domain_loss:
+            # The domain-corruption target: the batch's domain labels under a random permutation.
+            perm = np.random.default_rng([a.seed, step, 7]).permutation(len(batch["domains"]))
+            corrupted = batch["domains"][flow.tensor(perm, device=device)]
+            domain_logits = model.domain_logits(out.content, batch["domains"])
+        return teacher_loss(out.logits, batch["labels"], domain_logits, corrupted,
+                            batch["weights"] if a.use_sample_weights else None, a.domain_loss_weight)
+
+    def save(folder, results):
+        info = model.metakd_info("meta_teacher", proc.labels, proc.domains, a.task)
+        info.update(compat=a.compat, max_seq_length=a.max_seq_length, source_model=str(a.model))
+        save_checkpoint(folder, model, model.config, info, vocab_from=a.model)
+
+    trainer = Trainer(model, train, step_loss, targs, device, a.out, save, progress=not a.no_progress,
+                      evaluate=lambda: evaluate(model, dev, proc.labels, 64, device, compat=a.compat),
+                      trim=a.compat != "easynlp", stage="meta_teacher",
+                      fingerprint={"model": str(a.model), "data": str(a.data_dir), "compat": a.compat,
+                                   "sw": a.use_sample_weights, "dl": a.use_domain_loss, "lambda": a.domain_loss_weight,
+                                   "len": a.max_seq_length})
+    results = trainer.fit()
+    print(f"meta-teacher: best dev accuracy {results['dev'].get('accuracy', float('nan')):.4f} at step "
+          f"{results['best_step']}; saved {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+# Sourced by the numbered scripts: builds/reuses .venv and defines `run_metakd MODULE ARGS...`.
+# Not meant to be run on its own.
+set -euo pipefail
+METAKD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${METAKD_PYTHON:-}" ]; then
+  bash "$METAKD_ROOT/tools/setup_env.sh"
+  METAKD_PYTHON="$METAKD_ROOT/.venv/bin/python"
+fi
+export PYTHONPATH="$METAKD_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export GLOG_minloglevel="${GLOG_minloglevel:-2}"
+
+# run_metakd MODULE ARGS...: one process, or NPROC processes with OneFlow's launcher (training
+# stages pass DISTRIBUTED=1). Multi-machine: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
+run_metakd() {
+  local module="$1"; shift
+  if [ "${DISTRIBUTED:-0}" = 1 ] && { [ "${NPROC:-1}" -gt 1 ] || [ "${NNODES:-1}" -gt 1 ]; }; then
+    "$METAKD_PYTHON" -m oneflow.distributed.launch --nproc_per_node "${NPROC:-1}" \
+      --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
+      --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
+      -m "metakd.$module" "$@"
+  else
+    "$METAKD_PYTHON" -m "metakd.$module" "$@"
+  fi
+}
