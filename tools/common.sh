@@ -1,6 +1,17 @@
 # Sourced by the numbered scripts: builds/reuses .venv and defines `run_metakd MODULE ARGS...`.
 # Not meant to be run on its own.
 set -euo pipefail
+# `bash N_script.sh --help`: the script's header and its variables with their defaults, nothing run.
+case "${1:-}" in
+  -h|--help)
+    sed -n '2,/^cd /p' "$0" | grep '^#' | sed -E 's/^# ?//'
+    echo
+    echo "Variables (each can be set in the environment, e.g. GENRE=dvd bash $(basename "$0")):"
+    grep -E '^[A-Z_0-9]+="\$\{[A-Z_0-9]+:-' "$0" \
+      | sed -E 's/^([A-Z_0-9]+)="\$\{[A-Z_0-9]+:-(.*)\}"[[:space:]]*(#[[:space:]]*)?(.*)$/  \1=\2  \4/'
+    exit 0 ;;
+  ?*) echo "error: $(basename "$0") takes no arguments; set its variables in the environment (see --help)" >&2; exit 2 ;;
+esac
 METAKD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${METAKD_PYTHON:-}" ]; then
   bash "$METAKD_ROOT/tools/setup_env.sh"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The real one-genre run of docs/results.md: the real reviews and the ../shared/models pair on CPU,
+# each numbered script timed (wall seconds and peak RSS). Variables as in the numbered scripts;
+# epochs reduced from the paper's (1/10/10) to 1/3/3 to fit a 2-core session.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${SHARED:-../shared}"
+export SOURCE="${SOURCE:-$SHARED/data/amazon_multidomain/sorted_data_acl}"
+export TEACHER_MODEL="${TEACHER_MODEL:-$SHARED/models/all-MiniLM-L6-v2}"
+export STUDENT_MODEL="${STUDENT_MODEL:-$SHARED/models/paraphrase-MiniLM-L3-v2}"
+export DATA_DIR="${DATA_DIR:-data/SENTI}" OUT_DIR="${OUT_DIR:-out/real}" GENRE="${GENRE:-books}" DEVICE="${DEVICE:-cpu}"
+export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}" STAGE2_EPOCHS="${STAGE2_EPOCHS:-3}"
+export EVAL_EVERY="${EVAL_EVERY:-100}"
+TIMES="${TIMES:-$OUT_DIR/stage_times.tsv}"
+mkdir -p "$OUT_DIR"
+printf 'script\twall_s\tpeak_rss_mb\n' > "$TIMES"
+for step in 1_get_data 2_process_data 3_train_teacher 4_student_first 5_student_second 6_eval; do
+  echo "== $step.sh"
+  /usr/bin/time -f "%e %M" -o "$OUT_DIR/.time" bash "./$step.sh"
+  read -r wall rss < "$OUT_DIR/.time"
+  printf '%s\t%s\t%s\n' "$step.sh" "$wall" "$((rss / 1024))" >> "$TIMES"
+  echo "== $step.sh: ${wall} s, peak RSS $((rss / 1024)) MB"
+done
+rm -f "$OUT_DIR/.time"
+cat "$TIMES"
