@@ -1,0 +1,118 @@
+"""End to end: the six numbered scripts, as a user runs them (through tools/quickstart.sh).
+
+The synthetic run is the README's quick start in temporary folders; the real-data test runs
+``1_get_data.sh`` on ``../shared``'s ``sorted_data_acl`` and checks the reference split.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, SORTED_DATA, needs_data
+
+SCRIPTS = ["1_get_data.sh", "2_process_data.sh", "3_train_teacher.sh", "4_student_first.sh",
+           "5_student_second.sh", "6_eval.sh"]
+MODULES = ["get_data", "process_data", "train_teacher", "distill", "evaluate"]
+
+
+def script_env(tmp_path, **extra):
+    env = dict(os.environ)
+    # The test already runs inside the project's environment: skip tools/setup_env.sh.
+    env.update(METAKD_PYTHON=sys.executable, DATA_DIR=str(tmp_path / "data"), MODELS_DIR=str(tmp_path / "models"),
+               OUT_DIR=str(tmp_path / "out"), CACHE_DIR=str(tmp_path / "cache"), DEVICE="cpu")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd, env, timeout=900):
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quickstart")
+    p = run(["bash", "tools/quickstart.sh"], script_env(tmp))
+    return tmp, p.stdout + p.stderr
+
+
+def test_six_scripts_on_synthetic_data(quickstart):
+    tmp, log = quickstart
+    for s in SCRIPTS:
+        assert f"== {s[:-3]}" in log
+    data, out = tmp / "data", tmp / "out"
+    for name in ("train.tsv", "dev.tsv", "test.tsv", "train_with_weights.tsv", "dev_standard.tsv",
+                 "test_standard.tsv", "prototypes.json"):
+        assert (data / name).is_file(), name
+    weights = pd.read_csv(data / "train_with_weights.tsv", sep="\t", quoting=3, keep_default_na=False)
+    assert list(weights.columns) == ["guid", "text_a", "text_b", "label", "domain", "weight"]
+    assert weights["weight"].astype(float).between(-1, 1).all()
+
+    for folder in (out / "meta_teacher", out / "books" / "meta_student_pretrain",
+                   out / "books" / "meta_student_finetune"):
+        for name in ("config.json", "model.safetensors", "vocab.txt", "results.json"):
+            assert (folder / name).is_file(), folder / name
+        assert not list(folder.parent.glob(f".{folder.name}*")), "temporary folder left behind"
+
+    teacher = json.loads((out / "meta_teacher" / "results.json").read_text())
+    student = json.loads((out / "books" / "meta_student_finetune" / "results.json").read_text())
+    assert teacher["dev"]["accuracy"] > 0.7, teacher["dev"]
+    assert student["dev"]["accuracy"] > 0.65, student["dev"]
+
+    table = json.loads((out / "eval_test.json").read_text())
+    rows = {(g, m): r for g, models in table["results"].items() for m, r in models.items()}
+    assert set(rows) == {("books", "student"), ("books", "meta-teacher")}
+    # 50 books test reviews: 0.65 is more than two standard deviations above chance (0.5).
+    assert rows[("books", "student")]["n"] == 50
+    assert rows[("books", "student")]["accuracy"] > 0.65
+    assert rows[("books", "meta-teacher")]["accuracy"] > 0.65
+    assert "accuracy" in log and "macro_f1" in log  # the printed table
+
+
+def test_eval_all_genres_reuses_outputs(quickstart, tmp_path):
+    tmp, _ = quickstart
+    # Only books has a student: "all" evaluates each genre that has one, and the teacher on all.
+    p = run(["bash", "6_eval.sh"], script_env(tmp, GENRE="all", DATA_DIR=tmp / "data", OUT_DIR=tmp / "out"))
+    table = json.loads((tmp / "out" / "eval_test.json").read_text())
+    assert "books" in table["results"] and "student" in table["results"]["books"], p.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_help(script, tmp_path):
+    p = run(["bash", script, "--help"], script_env(tmp_path), timeout=60)
+    assert "Variables" in p.stdout and "=" in p.stdout
+    assert not (tmp_path / "data").exists()
+
+
+def test_script_rejects_arguments(tmp_path):
+    p = subprocess.run(["bash", "3_train_teacher.sh", "--epochs", "3"], cwd=ROOT, env=script_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "environment" in p.stderr
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_help(module):
+    p = subprocess.run([sys.executable, "-m", f"metakd.{module}", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0 and "usage:" in p.stdout, p.stderr
+
+
+@needs_data
+def test_get_data_script_on_real_reviews(tmp_path):
+    run(["bash", "1_get_data.sh"], script_env(tmp_path, SOURCE=SORTED_DATA), timeout=600)
+    counts = {}
+    for split in ("train", "dev", "test"):
+        df = pd.read_csv(tmp_path / "data" / f"{split}.tsv", sep="\t", keep_default_na=False)
+        counts[split] = df["domain"].value_counts().to_dict()
+    assert {k: sum(v.values()) for k, v in counts.items()} == {"train": 6480, "dev": 720, "test": 800}
+    assert counts == {
+        "train": {"books": 1631, "dvd": 1621, "electronics": 1615, "kitchen": 1613},
+        "dev": {"books": 170, "dvd": 194, "electronics": 172, "kitchen": 184},
+        "test": {"books": 199, "dvd": 185, "electronics": 213, "kitchen": 203},
+    }
