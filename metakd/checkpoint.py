@@ -10,6 +10,11 @@ Write: metakd's own format, into a temporary folder that is renamed when complet
 
 Missing and unexpected keys are reported, ``embeddings.position_ids`` is ignored, a missing
 pooler is freshly initialised (and said so), and a shape mismatch is an error.
+
+Integrity: a metakd checkpoint records the sha256 of its ``model.safetensors`` in config.json
+(``metakd.weights_sha256``), verified on every load; any safetensors file is also checked for a
+readable header and a size that matches it (a truncated copy). Either failure is a UserError
+naming the file and saying what to re-run (the stage that wrote it, or the download).
 """
 from __future__ import annotations
 
@@ -128,20 +133,86 @@ def _read_json(path: Path) -> dict:
     return d
 
 
-def read_safetensors(path: Path, expected_sha256: Optional[str] = None) -> Dict[str, np.ndarray]:
-    """All tensors of a safetensors file as numpy arrays; damage is a clear error."""
+# Which pipeline step writes a metakd checkpoint of each role: named in "re-run ..." messages.
+STAGE_OF_ROLE = {
+    "meta_teacher": "3_train_teacher.sh (python -m metakd.train_teacher)",
+    "student_first": "4_student_first.sh (python -m metakd.distill --stage first)",
+    "student_second": "5_student_second.sh (python -m metakd.distill --stage second)",
+}
+
+
+def remedy(folder: Path) -> str:
+    """How to get an intact copy of a model folder: re-run the stage that wrote it, or copy it again."""
+    try:
+        role = json.loads((Path(folder) / CONFIG).read_text(encoding="utf-8")).get("metakd", {}).get("role")
+    except (OSError, ValueError, AttributeError):
+        role = None
+    if role in STAGE_OF_ROLE:
+        return f"re-run {STAGE_OF_ROLE[role]}, which wrote it"
+    if role is not None:
+        return "re-run the stage that wrote it"
+    return "download or copy the model folder again (1_get_data.sh fetches models)"
+
+
+def check_safetensors(path: Path, fix: Optional[str] = None) -> None:
+    """Cheap structural check of a safetensors file: readable header, size that matches it.
+
+    Catches a truncated or overwritten file (a copy that stopped, a full disk) without reading
+    the tensors. A bit flipped inside a tensor needs the checksum (:func:`read_safetensors`).
+    """
+    path = Path(path)
+    fix = fix or remedy(path.parent)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(size - 8, 100 << 20):
+                raise UserError(f"the weights file is truncated or corrupted: not a safetensors header (length field {n}, "
+                                f"file {size} bytes); {fix}", path)
+            header = json.loads(f.read(n).decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"weights file not found; {fix}", path) from None
+    except OSError as e:
+        raise UserError(f"cannot read: {e.strerror or e}", path) from None
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"the weights file is truncated or corrupted: its header is not JSON; {fix}", path) from None
+    if not isinstance(header, dict):
+        raise UserError(f"the weights file is truncated or corrupted: its header is not a JSON object; {fix}", path)
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            lo, hi = entry["data_offsets"]
+            end = max(end, int(hi))
+        except (TypeError, KeyError, ValueError):
+            raise UserError(f"the weights file is truncated or corrupted: bad header entry for tensor {key[:60]!r}; {fix}", path) from None
+    if size != 8 + n + end:
+        raise UserError(f"the weights file is truncated or corrupted: it has {size} bytes, its header says "
+                        f"{8 + n + end}; {fix}", path)
+
+
+def read_safetensors(path: Path, expected_sha256: Optional[str] = None, fix: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """All tensors of a safetensors file as numpy arrays; damage is a clear error.
+
+    ``expected_sha256`` (metakd checkpoints record it in config.json) catches any change to the
+    bytes; without it a truncated file or a damaged header is still caught.
+    """
     from safetensors.numpy import load_file
 
+    path = Path(path)
+    fix = fix or remedy(path.parent)
+    check_safetensors(path, fix)
     if expected_sha256 is not None and sha256_file(path) != expected_sha256:
         raise UserError(
-            "checksum mismatch: the weights file is corrupted or was changed after saving; "
-            "re-run the stage that wrote it or copy the folder again",
+            f"checksum mismatch: the weights file is corrupted or was changed after saving; {fix}",
             path,
         )
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncation/garbage
-        raise UserError(f"cannot read weights ({type(e).__name__}: {e}); the file is truncated or corrupted", path) from None
+        raise UserError(f"cannot read weights ({type(e).__name__}: {e}); the file is truncated or corrupted; {fix}", path) from None
 
 
 def read_config(folder: Path) -> BertConfig:
@@ -165,8 +236,32 @@ def read_state_dict(folder: Path) -> Tuple[Dict[str, np.ndarray], str]:
         return {k: v.numpy() for k, v in sd.items()}, layout
     expected = None
     if layout == "metakd":
-        expected = _read_json(folder / CONFIG)["metakd"].get("weights_sha256")
+        info = _read_json(folder / CONFIG)["metakd"]
+        expected = info.get("weights_sha256") if isinstance(info, dict) else None
+        if not isinstance(expected, str):
+            raise UserError(f"config.json's metakd section has no weights_sha256, so the weights cannot be verified; "
+                            f"the file was damaged or edited: {remedy(folder)}", folder / CONFIG)
     return read_safetensors(folder / WEIGHTS, expected), layout
+
+
+def check_model_folder(folder: "str | Path", need_vocab: bool = True, metakd: Optional[bool] = None) -> str:
+    """Before any work: the folder is a complete model (config, weights that look whole, vocab).
+
+    ``metakd=True`` requires a checkpoint written by metakd, ``False`` accepts any layout.
+    Returns the layout. The weights' checksum is verified later, when they are loaded.
+    """
+    folder = Path(folder)
+    layout = detect_layout(folder)
+    if metakd and layout != "metakd":
+        raise UserError("not a metakd checkpoint (config.json has no 'metakd' section); pass a folder written by metakd", folder)
+    if layout in ("metakd", "huggingface"):
+        if layout == "metakd" and not isinstance(_read_json(folder / CONFIG)["metakd"], dict):
+            raise UserError(f"config.json's metakd section is damaged; {remedy(folder)}", folder / CONFIG)
+        read_config(folder)
+        check_safetensors(folder / WEIGHTS)
+    if need_vocab and not (folder / VOCAB).is_file():
+        raise UserError(f"no {VOCAB} in the model folder; it is incomplete: {remedy(folder)}", folder)
+    return layout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +364,9 @@ def save_checkpoint(
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(state_dict_numpy(module), str(tmp / WEIGHTS), metadata={"format": "metakd", "version": str(FORMAT_VERSION)})
+        # One metadata entry only: safetensors writes a map of several in random order, which would
+        # make identical weights give different bytes (and checksums) from run to run.
+        save_file(state_dict_numpy(module), str(tmp / WEIGHTS), metadata={"format": "metakd"})
         info = {"format_version": FORMAT_VERSION, **metakd_info, "weights_sha256": sha256_file(tmp / WEIGHTS)}
         cfg = config.to_dict()
         cfg.pop("metakd", None)
@@ -291,7 +388,10 @@ def read_metakd_info(folder: "str | Path") -> dict:
     folder = Path(folder)
     if detect_layout(folder) != "metakd":
         raise UserError("not a metakd checkpoint (config.json has no 'metakd' section); pass a folder written by metakd", folder)
-    return _read_json(folder / CONFIG)["metakd"]
+    info = _read_json(folder / CONFIG)["metakd"]
+    if not isinstance(info, dict):
+        raise UserError(f"config.json's metakd section is damaged; {remedy(folder)}", folder / CONFIG)
+    return info
 
 
 def load_training_state(folder: "str | Path") -> Optional[dict]:
@@ -302,3 +402,13 @@ def load_training_state(folder: "str | Path") -> Optional[dict]:
         return flow.load(str(path))
     except Exception as e:
         raise UserError(f"cannot read the saved training state ({type(e).__name__}); delete it to start over", path) from None
+
+
+def load_flow_state(path: Path, what: str, fix: str):
+    """``flow.load`` of a state written by ``flow.save``, any damage a UserError."""
+    if not Path(path).exists():
+        raise UserError(f"{what} is missing; {fix}", path)
+    try:
+        return flow.load(str(path))
+    except Exception as e:
+        raise UserError(f"cannot read {what} ({type(e).__name__}); it is damaged; {fix}", path) from None

@@ -55,12 +55,12 @@ def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teache
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from metakd.checkpoint import read_config, read_metakd_info, save_checkpoint
+    from metakd.checkpoint import check_model_folder, read_config, read_metakd_info, save_checkpoint
     from metakd.evaluation import evaluate
     from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, soft_cross_entropy, stage1_loss
     from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
     from metakd.runtime import flow, resolve_device, seed_everything
-    from metakd.trainer import Trainer
+    from metakd.trainer import Trainer, claim_output
 
     proc = cli.processor(a.task)
     cli.check_genre(a.genre, proc)
@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     device = resolve_device(a.device)
 
     # Shapes first: a pair that cannot be distilled fails before anything is loaded or trained.
+    check_model_folder(a.teacher, metakd=True)
+    check_model_folder(a.student, metakd=a.stage == "second")
     teacher_info = read_metakd_info(a.teacher)
     teacher_cfg = read_config(a.teacher)
     student_cfg = read_config(a.student)
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
 
     train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=a.genre)
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=a.genre)
+    claim_output(a.out, inputs=[a.teacher, a.student, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)
     teacher, _ = load_meta_checkpoint(a.teacher, verbose=False)
     fit_size = teacher_cfg.hidden_size
@@ -171,7 +174,7 @@ def main(argv=None) -> int:
         save_checkpoint(folder, student, student.config, info, vocab_from=a.student)
 
     trainer = Trainer(student, train, step_loss, targs, device, a.out, save, evaluate=evaluate_fn, trim=trim,
-                      progress=not a.no_progress,
+                      progress=not a.no_progress, rng_modules=[teacher],
                       stage=f"{a.genre}/{a.stage}",
                       fingerprint={"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir),
                                    "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,

@@ -17,7 +17,21 @@ class UserError(Exception):
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
-        super().__init__(where + message)
+        self.path = path
+        self.line = line
+        super().__init__(one_line(where + message))
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks (and other control characters) escaped: a message is one line."""
+    out = []
+    for ch in text:
+        if ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029" or (ord(ch) < 32 and ch != "\t") or ch == "\x7f" \
+                or "\ud800" <= ch <= "\udfff":
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def cli_main(func: F) -> F:
@@ -31,7 +45,12 @@ def cli_main(func: F) -> F:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print("interrupted; rerun the same command to continue a training stage from its last saved state",
+                  file=sys.stderr)
             sys.exit(130)
+        finally:
+            from metakd.fileio import release_claims  # output folders locked by this entry point
+
+            release_claims()
 
     return wrapper  # type: ignore[return-value]

@@ -35,13 +35,15 @@ def build_parser():
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from metakd.checkpoint import read_metakd_info
+    from metakd.checkpoint import check_model_folder, read_metakd_info
     from metakd.evaluation import evaluate
     from metakd.fileio import write_json
     from metakd.meta_model import load_meta_checkpoint
     from metakd.runtime import resolve_device
 
     proc = cli.processor(a.task)
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     split_file = a.data_dir / (cli.TEST_FILE if a.split == "test" else cli.DEV_FILE)
     if a.genre == "all":
         if a.student is not None:
@@ -60,8 +62,11 @@ def main(argv=None) -> int:
         models.append((g, "student", folder))
         if not a.no_teacher:
             models.append((g, "meta-teacher", teacher_dir))
-    for _, _, folder in models:  # every folder checked before any work
+    for _, _, folder in models:  # every folder and every genre's rows checked before any work
+        check_model_folder(folder, metakd=True)
         read_metakd_info(folder)
+    for g in genres:
+        cli.read_standard(split_file, proc, genre=g)
 
     rows, results = [], {}
     loaded = {}

@@ -1,23 +1,88 @@
 """Writing outputs so that a crash never leaves a half-written file or folder.
 
 Everything metakd writes goes to a temporary name in the destination's own folder (same file
-system, so the final ``os.replace`` is atomic) and is renamed only once complete.
+system, so the final rename is atomic) and is renamed only once complete and flushed to disk:
+
+* a file (:func:`atomic_open`, :func:`write_json`) replaces the old one with ``os.replace``;
+* a folder (:func:`atomic_dir`) is swapped with the old one in one step where the system allows
+  it (Linux ``renameat2(RENAME_EXCHANGE)``), so there is no moment at which neither exists; on
+  other systems the old folder is first moved aside (``.<name>.old.<pid>``) and, should the run
+  die right then, :func:`recover` (called by the next :func:`atomic_dir`) puts it back.
+
+A killed run leaves at most hidden ``.<name>.*.tmp`` siblings behind, never a damaged output;
+:func:`remove_stale` deletes them (the trainer does, under its output lock).
+Outputs get ordinary permissions (0666/0777 minus the umask), not the 0600/0700 of temp files.
+
+:func:`output_lock` / :func:`claim` keep two processes from writing one output at once (an
+exclusive ``flock`` on ``.<name>.lock`` beside it, released even when the holder is killed).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: not every system can open a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _set_default_modes(root: Path) -> None:
+    """Give a finished temporary folder the permissions a plain ``mkdir``/``open`` would have."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirs, files in os.walk(root):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with contextlib.suppress(OSError):
+                if os.stat(p).st_mode & 0o777 == 0o600:  # made by mkstemp: widen to the umask's default
+                    os.chmod(p, 0o666 & ~mask)
+
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_open(path: PathLike, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it to ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +94,9 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -42,21 +109,192 @@ def write_json(path: PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux >= 3.15); False where the system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _aside_names(path: Path) -> List[Path]:
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.old\.\d+")
+    return sorted(p for p in path.parent.glob(f".{path.name}.old.*") if pattern.fullmatch(p.name))
+
+
+def _temp_names(path: Path) -> List[Path]:
+    # mkstemp/mkdtemp names: ".<name>." + 8 random characters + ".tmp" (exactly, so that the
+    # temporaries of an output called "<name>.v2" are never taken for ours); ".<name>.done.tmp"
+    # is a finished run's retired state.
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([a-z0-9_]{{8}}|done)\.tmp")
+    return sorted(p for p in path.parent.glob(f".{path.name}.*.tmp") if pattern.fullmatch(p.name))
+
+
+def recover(path: PathLike) -> None:
+    """Put back a folder a run moved aside and then died before renaming its replacement."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return
+    aside = _aside_names(path)
+    if aside:
+        os.replace(aside[-1], path)
+
+
+def remove_stale(path: PathLike) -> List[Path]:
+    """Delete the hidden temporaries a killed run left beside ``path``; returns what was removed.
+
+    Only call it while no other process can be writing ``path`` (e.g. under the trainer's lock).
+    """
+    path = Path(path)
+    recover(path)
+    removed = []
+    for p in _temp_names(path) + _aside_names(path):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+def replace_dir(src: PathLike, dst: PathLike) -> None:
+    """Move the finished folder ``src`` to ``dst`` (same file system), replacing ``dst`` atomically."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    recover(dst)
+    if dst.is_dir() and not dst.is_symlink() and _exchange(src, dst):
+        shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
+    else:
+        old = None
+        if dst.exists() or dst.is_symlink():
+            old = dst.parent / f".{dst.name}.old.{os.getpid()}"
+            os.replace(dst, old)
+        os.replace(src, dst)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+    _fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        _fsync_dir(src.parent)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old.{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _set_default_modes(tmp)
+        _fsync_tree(tmp)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ------------------------------------------------------------------------------ output locks
+
+# Locks this process holds: lock file -> [open file, depth]. A flock belongs to an open file, so a
+# second open() of the same lock file in this process would wrongly block: nesting is counted.
+_HELD_LOCKS: Dict[str, list] = {}
+_CLAIMS: List[str] = []
+
+
+def lock_path(out: PathLike) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.lock"
+
+
+def _acquire(out: PathLike) -> str:
+    from metakd.errors import UserError
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output's parent folder: {e.strerror or e}", out.parent) from None
+    path = lock_path(out)
+    key = str(path.parent.resolve() / path.name)
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key][1] += 1
+        return key
+    try:
+        f = open(path, "a+", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot create the lock file ({e.strerror or e}); is the output folder writable?", path) from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise UserError(f"cannot lock the output folder ({e.strerror or e})", path) from None
+        raise UserError("another metakd run" + (f" (process {holder})" if holder.isdigit() else "") + " is writing "
+                        "this output folder right now; wait for it to finish or choose another output folder",
+                        out) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD_LOCKS[key] = [f, 1]
+    return key
+
+
+def _release(key: str) -> None:
+    entry = _HELD_LOCKS.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _HELD_LOCKS[key]
+        with contextlib.suppress(OSError):
+            entry[0].seek(0)
+            entry[0].truncate()
+        fcntl.flock(entry[0], fcntl.LOCK_UN)
+        entry[0].close()  # the lock file stays: deleting it would let two runs lock different files
+
+
+@contextlib.contextmanager
+def output_lock(out: PathLike) -> Iterator[None]:
+    """One writer per output: a second process that asks for the same output gets a UserError.
+
+    An exclusive ``flock`` on ``.<name>.lock`` beside the output, released on exit or when the
+    process dies (even by SIGKILL). Re-entrant within one process.
+    """
+    key = _acquire(out)
+    try:
+        yield
+    finally:
+        _release(key)
+
+
+def claim(out: PathLike) -> None:
+    """Take the output lock until :func:`release_claims` (``cli_main`` calls it) or process exit."""
+    _CLAIMS.append(_acquire(out))
+
+
+def release_claims() -> None:
+    while _CLAIMS:
+        _release(_CLAIMS.pop())

@@ -32,7 +32,7 @@ def build_parser():
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from metakd.checkpoint import load_backbone
+    from metakd.checkpoint import check_model_folder, load_backbone
     from metakd.data.senti import read_split_tsv, split_to_standard, write_standard_tsv
     from metakd.features import encode
     from metakd.prototypes import mean_embeddings, prototype_scores
@@ -45,6 +45,7 @@ def main(argv=None) -> int:
             raise UserError("file not found; run 1_get_data.sh first (it writes train/dev/test.tsv)", p)
     if a.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
+    check_model_folder(a.teacher_model)
     device = resolve_device(a.device)
     seed_everything(a.seed)
     splits = {s: read_split_tsv(p, domains=proc.domains) for s, p in paths.items()}

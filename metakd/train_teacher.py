@@ -37,12 +37,12 @@ def build_parser():
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from metakd.checkpoint import save_checkpoint
+    from metakd.checkpoint import check_model_folder, save_checkpoint
     from metakd.evaluation import evaluate
     from metakd.losses import teacher_loss
     from metakd.meta_model import build_from_pretrained
     from metakd.runtime import flow, resolve_device, seed_everything
-    from metakd.trainer import Trainer
+    from metakd.trainer import Trainer, claim_output
 
     proc = cli.processor(a.task)
     targs = cli.train_args(a)
@@ -50,8 +50,10 @@ def main(argv=None) -> int:
     if a.domain_loss_weight < 0:
         raise UserError(f"--domain-loss-weight must be >= 0, got {a.domain_loss_weight}")
     device = resolve_device(a.device)
+    check_model_folder(a.model)
     train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc)
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc)
+    claim_output(a.out, inputs=[a.model, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)
     model, _ = build_from_pretrained(a.model, len(proc.labels), len(proc.domains),
                                      head_init="framework" if a.compat == "easynlp" else "bert")

@@ -6,33 +6,44 @@ state every N steps, a stop on a non-finite loss, and ``results.json`` beside th
 supplies only ``step_loss(batch, step) -> (loss, logs)``, an ``evaluate() -> metrics`` (or
 none), and ``save_model(folder, results)``.
 
+Files. While a run is going, everything it writes lives in ``<out>.resume/``:
+``state/`` (the resumable state: model, optimizer and scheduler, progress with the data
+position, written atomically every ``save_every`` steps) and ``best/`` (the best checkpoint so
+far). Only when the run finishes is ``best/`` (with ``results.json``) swapped into ``<out>`` in one
+rename, and ``<out>.resume`` removed; so an existing ``<out>`` is never touched by a run that
+fails, diverges or is killed. ``.<out>.lock`` beside it keeps a second run out of the folder.
+
 Reproducibility and exact resumption: the batch order of an epoch is a function of (seed,
-epoch) and OneFlow's RNG is re-seeded from (seed, step) before every step, so a run resumed
-from a saved state repeats the uninterrupted run bit for bit on CPU.
+epoch); before every step OneFlow's global RNG and every dropout module's own generator are
+re-seeded from (seed, rank, step), so no RNG state has to be carried over: a run resumed from a
+saved state repeats the uninterrupted run bit for bit on CPU. A saved state is used only by the
+same command (a fingerprint of the settings and of the encoded data must match).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from metakd.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
-from metakd.fileio import atomic_dir, write_json
+from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
 from metakd.optim import make_optimizer
 from metakd.runtime import flow
 
 RESUME_SUFFIX = ".resume"
+STATE = "state"
+BEST = "best"
 
 
 @dataclass
@@ -80,44 +91,97 @@ class Progress:
 
 
 class TrainingDiverged(UserError):
-    pass
+    """The loss or the gradient became NaN/inf; nothing was written to the output folder."""
 
 
-@contextlib.contextmanager
-def output_lock(out_dir: Path):
-    """One run per output folder: a second run into the same folder stops with a clear message."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    f = open(lock_path, "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise UserError("another metakd run is writing this output folder right now; wait for it or choose another output", out_dir) from None
-    try:
-        f.write(str(os.getpid()))
-        f.flush()
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-        with contextlib.suppress(FileNotFoundError):
-            lock_path.unlink()
+def check_output_dir(out_dir: Path) -> None:
+    """``out_dir`` may be (re)written: it is absent, empty, or a model folder metakd wrote."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise UserError("the output is a broken symbolic link; remove it or choose another output folder", out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("the output exists and is a file, not a folder; choose another output folder", out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        config = out_dir / "config.json"
+        try:
+            ours = "metakd" in json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise UserError("the output folder exists and holds files that metakd did not write (no config.json with a "
+                            "'metakd' section); it would be replaced, so choose a new or empty folder", out_dir)
+    parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("no permission to write here; choose another output folder", parent)
+
+
+def claim_output(out_dir: Path, inputs: Sequence[Path] = ()) -> None:
+    """For an entry point, before any work: check ``out_dir`` (not one of the ``inputs``, which it
+    would replace) and lock it until the entry point returns (``cli_main`` releases it) or the
+    process ends."""
+    out_dir = Path(out_dir)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out_dir.exists() and out_dir.resolve() == Path(src).resolve():
+            raise UserError(f"the output folder is also an input ({src}); the run would replace it: choose another "
+                            "output folder", out_dir)
+    check_output_dir(out_dir)
+    claim(out_dir)
 
 
 def _step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
+def dropout_generators(modules: Sequence) -> List:
+    """The private RNGs of the dropout modules in ``modules`` (OneFlow gives every ``nn.Dropout``
+    its own generator, all with the same fixed seed), each once, in module order."""
+    gens, seen = [], set()
+    for module in modules:
+        if module is None:
+            continue
+        for m in module.modules():
+            g = getattr(m, "generator", None)
+            if g is not None and hasattr(g, "manual_seed") and id(g) not in seen:
+                seen.add(id(g))
+                gens.append(g)
+    return gens
+
+
+def seed_step(seed: int, rank: int, step: int, generators: Sequence) -> None:
+    """Re-seed every RNG a training step uses from (seed, rank, step) alone."""
+    flow.manual_seed(_step_seed(seed * 1000 + rank, step))
+    if generators:
+        seeds = np.random.SeedSequence([seed, rank, step, 1]).generate_state(len(generators), dtype=np.uint64)
+        for g, value in zip(generators, seeds):
+            g.manual_seed(int(value >> np.uint64(1)))
+
+
+def data_fingerprint(data: Encoded) -> str:
+    """A hash of the encoded training data: a saved state is resumed only on the same data."""
+    h = hashlib.sha256()
+    for a in (data.input_ids, data.attention_mask, data.token_type_ids, data.labels, data.domains, data.weights):
+        arr = np.ascontiguousarray(a)
+        h.update(str((arr.dtype.str, arr.shape)).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
 class Trainer:
-    """Runs ``args.epochs`` epochs of ``step_loss`` over ``data`` and keeps the best model."""
+    """Runs ``args.epochs`` epochs of ``step_loss`` over ``data`` and keeps the best model.
+
+    ``rng_modules``: other modules whose dropout runs during a step (a teacher left in training
+    mode); their generators are re-seeded every step like the model's.
+    """
 
     def __init__(self, model, data: Encoded, step_loss: Callable[[dict, int], Tuple[flow.Tensor, Dict[str, flow.Tensor]]],
                  args: TrainArgs, device, out_dir: Path, save_model: Callable[[Path, dict], None],
                  evaluate: Optional[Callable[[], Dict[str, float]]] = None, select_metric: str = "accuracy",
                  trim: bool = True, stage: str = "train", fingerprint: Optional[dict] = None,
-                 rank: int = 0, world_size: int = 1, train_module=None, progress: bool = True):
+                 rank: int = 0, world_size: int = 1, train_module=None, progress: bool = True,
+                 rng_modules: Sequence = ()):
         args.validate()
+        if len(data) == 0:
+            raise UserError(f"[{stage}] no training examples")
         self.model = model
         self.train_module = train_module or model  # a DDP wrapper when distributed
         self.data = data
@@ -126,6 +190,8 @@ class Trainer:
         self.device = device
         self.out_dir = Path(out_dir)
         self.resume_dir = self.out_dir.parent / (self.out_dir.name + RESUME_SUFFIX)
+        self.state_dir = self.resume_dir / STATE
+        self.best_dir = self.resume_dir / BEST
         self.save_model = save_model
         self.evaluate = evaluate
         self.select_metric = select_metric
@@ -134,12 +200,14 @@ class Trainer:
         self.rank = rank
         self.world_size = world_size
         self.progress_bar = progress
+        self.generators = dropout_generators([model, *rng_modules])
         self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, rank, world_size))
         total = args.epochs * self.steps_per_epoch
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
         self.optimizer, self.scheduler = make_optimizer(model, args.lr, args.weight_decay, self.total_steps,
                                                         args.warmup_proportion, eps=args.adam_eps)
-        fp = {"stage": stage, "n_train": len(data), "world_size": world_size, **asdict(args), **(fingerprint or {})}
+        fp = {"stage": stage, "n_train": len(data), "data": data_fingerprint(data), "world_size": world_size,
+              **asdict(args), **(fingerprint or {})}
         fp.pop("resume", None)
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.progress = Progress()
@@ -150,41 +218,51 @@ class Trainer:
 
     # -- resumable state ---------------------------------------------------------------------------
     def _save_resume_state(self) -> None:
+        """model + optimizer + scheduler + progress (the data position is ``global_step``), atomically."""
         from safetensors.numpy import save_file
 
-        from metakd.checkpoint import state_dict_numpy
+        from metakd.checkpoint import sha256_file, state_dict_numpy
 
         if not self.is_main:
             return
-        with atomic_dir(self.resume_dir) as tmp:
-            save_file(state_dict_numpy(self.model), str(tmp / "model.safetensors"))
+        with atomic_dir(self.state_dir) as tmp:
+            save_file(state_dict_numpy(self.model), str(tmp / "model.safetensors"), metadata={"format": "metakd-resume"})
             flow.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, str(tmp / "optim"))
-            write_json(tmp / "progress.json", {"fingerprint": self.fingerprint, **asdict(self.progress)})
+            write_json(tmp / "progress.json", {
+                "fingerprint": self.fingerprint, "weights_sha256": sha256_file(tmp / "model.safetensors"),
+                "rng": "re-seeded every step from (seed, rank, step)", "progress": asdict(self.progress)})
+
+    def _damaged(self, what: str) -> UserError:
+        return UserError(f"the saved training state is damaged ({what}); delete {self.resume_dir} or pass --restart to "
+                         "start this run from scratch", self.state_dir)
 
     def _try_resume(self) -> bool:
-        from metakd.checkpoint import assign_state_dict, read_safetensors
+        from metakd.checkpoint import assign_state_dict, load_flow_state, read_safetensors
 
-        d = self.resume_dir
+        d = self.state_dir
         if not (d / "progress.json").exists():
             return False
         try:
-            saved = json.loads((d / "progress.json").read_text())
-        except (json.JSONDecodeError, OSError):
-            raise UserError("the saved training state is damaged; delete the folder to start over", d) from None
+            saved = json.loads((d / "progress.json").read_text(encoding="utf-8"))
+            progress = Progress(**saved["progress"])
+        except (ValueError, OSError, KeyError, TypeError):
+            raise self._damaged("progress.json unreadable") from None
         if saved.get("fingerprint") != self.fingerprint:
-            raise UserError("a saved training state of a run with other settings or data is here; delete it (or pass "
-                            "--restart) to start this run from scratch", d)
-        report = assign_state_dict(self.model, read_safetensors(d / "model.safetensors"), d, "resume")
+            raise UserError("a saved training state of a run with other settings or data is here; pass --restart (or "
+                            f"delete {self.resume_dir}) to start this run from scratch, or rerun the original command "
+                            "to continue it", self.resume_dir)
+        fix = f"delete {self.resume_dir} or pass --restart to start over"
+        arrays = read_safetensors(d / "model.safetensors", saved.get("weights_sha256"), fix=fix)
+        report = assign_state_dict(self.model, arrays, d, "resume")
         if report.missing or report.unexpected:
-            raise UserError("the saved training state does not match the model; delete it to start over", d)
+            raise self._damaged("the weights do not match the model")
+        st = load_flow_state(d / "optim", "the saved optimizer state", fix)
         try:
-            st = flow.load(str(d / "optim"))
-        except Exception:
-            raise UserError("the saved optimizer state is damaged; delete the folder to start over", d) from None
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        saved.pop("fingerprint")
-        self.progress = Progress(**saved)
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+        except (KeyError, ValueError, TypeError):
+            raise self._damaged("optimizer state does not fit the model") from None
+        self.progress = progress
         return True
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -204,9 +282,9 @@ class Trainer:
         if better:
             p.best_metric, p.best_step, p.best_eval = value, p.global_step, dict(metrics)
             if self.is_main:
-                self.save_model(self.out_dir, self.results())
+                self.save_model(self.best_dir, self.results())
         self._log(f"[{self.stage}] eval step {p.global_step}: " + " ".join(
-            f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)) + (" (best, saved)" if better else ""))
+            f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)) + (" (best so far)" if better else ""))
 
     def results(self) -> dict:
         p = self.progress
@@ -227,17 +305,50 @@ class Trainer:
             "args": asdict(self.args),
         }
 
+    def _diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
+        p = self.progress
+        kept = []
+        if self.best_dir.exists() and p.best_step >= 0:
+            kept.append(f"the best model so far (step {p.best_step}) is in {self.best_dir}")
+        if self.state_dir.exists():
+            kept.append(f"the last resumable state is in {self.state_dir}")
+        kept.append(f"{self.out_dir} was not changed")
+        return TrainingDiverged(
+            f"[{self.stage}] the {what} became {value} at step {step + 1}; training stopped. " + "; ".join(kept)
+            + f". Lower the learning rate (--lr, now {self.args.lr:g}) or check the data, then run again with --restart")
+
+    def _start(self) -> None:
+        """Under the lock: resume or start clean, removing what a killed run left half-written."""
+        if self.is_main:
+            for path in (self.out_dir, self.resume_dir, self.state_dir, self.best_dir):
+                remove_stale(path)
+        if self.args.resume and self._try_resume():
+            self._log(f"[{self.stage}] resuming from {self.state_dir} at step {self.progress.global_step}/{self.total_steps}")
+        elif self.resume_dir.exists() and self.is_main:
+            shutil.rmtree(self.resume_dir)
+
+    def _finish(self, results: dict) -> None:
+        """Publish: ``best/`` + results.json replaces ``out_dir`` in one rename; the resume folder goes."""
+        if not self.is_main:
+            return
+        if self.evaluate is None or not self.best_dir.exists():
+            self.save_model(self.best_dir, results)
+        write_json(self.best_dir / "results.json", results)
+        # Retire the resumable state first (one rename): if the process dies from here on, a rerun
+        # starts over instead of resuming into a folder that may already hold the published model.
+        if self.state_dir.exists():
+            os.replace(self.state_dir, self.resume_dir / f".{STATE}.done.tmp")
+        replace_dir(self.best_dir, self.out_dir)
+        shutil.rmtree(self.resume_dir, ignore_errors=True)
+
     def fit(self) -> dict:
         """Train; returns the results (also written to ``<out>/results.json``)."""
-        args, p = self.args, self.progress
+        args = self.args
         with (output_lock(self.out_dir) if self.is_main else contextlib.nullcontext()):
-            if args.resume and self._try_resume():
-                self._log(f"[{self.stage}] resuming from {self.resume_dir} at step {self.progress.global_step}")
-                p = self.progress
-            elif self.resume_dir.exists() and self.is_main:
-                import shutil
-
-                shutil.rmtree(self.resume_dir)
+            if self.is_main:
+                check_output_dir(self.out_dir)
+            self._start()
+            p = self.progress
             self.train_module.train()
             bar = tqdm(total=self.total_steps, initial=p.global_step, desc=self.stage, disable=None if (self.is_main and self.progress_bar) else True,
                        dynamic_ncols=True, leave=False)
@@ -249,6 +360,8 @@ class Trainer:
             for epoch in range(args.epochs):
                 if done:
                     break
+                if (epoch + 1) * self.steps_per_epoch <= p.global_step:
+                    continue  # the whole epoch was done before the resume
                 batches = train_batches(len(self.data), args.batch_size, args.seed, epoch, self.rank, self.world_size)
                 first = epoch * self.steps_per_epoch
                 for i, idx in enumerate(batches):
@@ -256,17 +369,16 @@ class Trainer:
                     if step < p.global_step:
                         continue  # already done before the resume
                     t0 = time.perf_counter()
-                    flow.manual_seed(_step_seed(args.seed * 1000 + self.rank, step))
+                    seed_step(args.seed, self.rank, step, self.generators)
                     batch = to_tensors(self.data, idx, self.device, trim=self.trim)
                     loss, logs = self.step_loss(batch, step)
                     loss_value = float(loss.numpy())
                     if not math.isfinite(loss_value):
-                        raise TrainingDiverged(
-                            f"[{self.stage}] the loss became {loss_value} at step {step}; training stopped. The last good "
-                            f"model is in {self.out_dir if p.best_step >= 0 else self.resume_dir}; lower the learning rate "
-                            "or check the data")
+                        raise self._diverged("loss", loss_value, step)
                     loss.backward()
-                    flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    grad_norm = float(flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm).numpy())
+                    if not math.isfinite(grad_norm):
+                        raise self._diverged("gradient norm", grad_norm, step)
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad()
@@ -301,14 +413,6 @@ class Trainer:
             # The last steps since the previous evaluation must be judged too.
             if self.evaluate is not None and (not p.history or p.history[-1]["step"] != p.global_step):
                 self._evaluate_and_select(args.epochs)
-            if self.evaluate is None and self.is_main:
-                self.save_model(self.out_dir, self.results())
             results = self.results()
-            if self.is_main:
-                if self.out_dir.exists():
-                    write_json(self.out_dir / "results.json", results)
-                if self.resume_dir.exists():
-                    import shutil
-
-                    shutil.rmtree(self.resume_dir)
+            self._finish(results)
         return results

@@ -258,6 +258,30 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], path: PathLike) -
         raise UserError(f"cannot write: the frame lacks column(s) {', '.join(missing)}", path=path)
 
 
+def _clip(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: messages stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(str(value))} chars)"
+
+
+def _looks_utf16(data: bytes) -> bool:
+    return data.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+        len(data) >= 4 and (data[1:4:2] == b"\x00\x00" or data[0:4:2] == b"\x00\x00"))
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """The file's text; a clear error (with the line) if it is not UTF-8."""
+    if _looks_utf16(data):
+        raise UserError("the file looks like UTF-16 text; save it as UTF-8", path=path, line=1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"not valid UTF-8 ({e.reason} at byte {column} of the line); save the file as UTF-8",
+                        path=path, line=line) from None
+
+
 def _scan_tsv(path: Path, columns: Sequence[str],
               header_aliases: Dict[str, str]) -> int:
     """Check encoding, header and field counts line by line; return the number of data rows.
@@ -268,11 +292,8 @@ def _scan_tsv(path: Path, columns: Sequence[str],
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise UserError(f"cannot read: {e.strerror}", path=path) from e
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError("not valid UTF-8", path=path, line=data.count(b"\n", 0, e.start) + 1) from e
+        raise UserError(f"cannot read: {e.strerror or e}", path=path) from None
+    text = _decode(data, path)
     if text.startswith("\ufeff"):
         raise UserError("starts with a byte-order mark; save it as UTF-8 without BOM", path=path,
                         line=1)
@@ -284,7 +305,7 @@ def _scan_tsv(path: Path, columns: Sequence[str],
         raise UserError(f"empty file; expected a header line {expected!r}", path=path)
     header = [header_aliases.get(c, c) for c in lines[0].rstrip("\r").split("\t")]
     if header != list(columns):
-        raise UserError(f"header is {lines[0]!r}, expected {expected!r}", path=path, line=1)
+        raise UserError(f"header is {_clip(lines[0])}, expected {expected!r}", path=path, line=1)
     n = len(columns)
     for lineno, line in enumerate(lines, 1):
         if "\r" in line:
@@ -294,7 +315,8 @@ def _scan_tsv(path: Path, columns: Sequence[str],
             raise UserError("NUL character in the line", path=path, line=lineno)
         found = line.count("\t") + 1
         if found != n:
-            raise UserError(f"expected {n} TAB-separated fields, found {found}",
+            what = "empty line (delete it): " if line == "" else ""
+            raise UserError(f"{what}expected {n} TAB-separated fields, found {found}",
                             path=path, line=lineno)
     return len(lines) - 1
 
@@ -316,7 +338,7 @@ def _check_choice(value: str, column: str, allowed: Optional[Sequence[str]], pat
     if value == "":
         raise UserError(f"empty {column}", path=path, line=line)
     if allowed is not None and value not in allowed:
-        raise UserError(f"unknown {column} {value!r}; allowed: {', '.join(allowed)}",
+        raise UserError(f"unknown {column} {_clip(value)}; allowed: {', '.join(allowed)}",
                         path=path, line=line)
 
 
@@ -437,7 +459,7 @@ def read_standard_tsv(path: PathLike, labels: Optional[Sequence[str]] = None,
         if guid == "":
             raise UserError("empty guid", path=path, line=line)
         if guid in seen:
-            raise UserError(f"guid {guid!r} already used on line {seen[guid]}", path=path,
+            raise UserError(f"guid {_clip(guid)} already used on line {seen[guid]}", path=path,
                             line=line)
         seen[guid] = line
         if text_a == "":
@@ -447,9 +469,9 @@ def read_standard_tsv(path: PathLike, labels: Optional[Sequence[str]] = None,
         try:
             w = float(weight)
         except ValueError:
-            raise UserError(f"weight {weight!r} is not a number", path=path, line=line) from None
+            raise UserError(f"weight {_clip(weight)} is not a number", path=path, line=line) from None
         if not math.isfinite(w):
-            raise UserError(f"weight {weight!r} is not finite", path=path, line=line)
+            raise UserError(f"weight {_clip(weight)} is not finite", path=path, line=line)
         weights.append(w)
     df["weight"] = pd.Series(weights, index=df.index, dtype="float64")
     return df
