@@ -19,8 +19,11 @@ SEED="${SEED:-42}"
 DEVICE="${DEVICE:-auto}"                                    # auto | cpu | cuda
 COMPAT="${COMPAT:-none}"                                    # none | easynlp (reference numerics)
 NPROC="${NPROC:-1}"                                         # processes (CPU cores or GPUs) for training
+SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
+RESTART="${RESTART:-0}"                                     # 1: throw away a saved state and start over
 
-flags=()
+flags=(--save-every "$SAVE_EVERY")
+[ "$RESTART" = 1 ] && flags+=(--restart)
 [ "$USE_SAMPLE_WEIGHTS" = 1 ] || flags+=(--no-sample-weights)
 [ "$USE_DOMAIN_LOSS" = 1 ] || flags+=(--no-domain-loss)
 DISTRIBUTED=1 run_metakd train_teacher --data-dir "$DATA_DIR" --model "$TEACHER_MODEL" --out "$OUT_DIR/meta_teacher" \

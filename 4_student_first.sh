@@ -18,8 +18,12 @@ SEED="${SEED:-42}"
 DEVICE="${DEVICE:-auto}"
 COMPAT="${COMPAT:-none}"
 NPROC="${NPROC:-1}"
+SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
+RESTART="${RESTART:-0}"                                     # 1: throw away a saved state and start over
 
+flags=(--save-every "$SAVE_EVERY")
+[ "$RESTART" = 1 ] && flags+=(--restart)
 DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$OUT_DIR/meta_teacher" \
   --student "$STUDENT_MODEL" --out "$OUT_DIR/$GENRE/meta_student_pretrain" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
   --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" \
-  --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" --compat "$COMPAT"
+  --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"
