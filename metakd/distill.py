@@ -180,6 +180,8 @@ def main(argv=None) -> int:
                                    "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,
                                    "lambda": a.domain_loss_weight})
     results = trainer.fit()
+    if trainer.rank != 0:
+        return 0  # the first process reports
     if a.stage == "second":
         print(f"stage second for {a.genre}: best dev accuracy {results['dev'].get('accuracy', float('nan')):.4f} at step "
               f"{results['best_step']}; saved {a.out}")

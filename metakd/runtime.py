@@ -56,11 +56,68 @@ def resolve_device(name: str = "auto") -> flow.device:
 
     if name not in DEVICES and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; use one of auto, cpu, cuda, cuda:N")
-    if name == "auto":
-        return flow.device("cuda" if cuda_available() else "cpu")
     if name.startswith("cuda") and not cuda_available():
         raise UserError("--device cuda was asked for but OneFlow sees no usable GPU; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if cuda_available() else "cpu"
+    if name == "cuda" and world_size() > 1:
+        name = f"cuda:{local_rank()}"  # one GPU per process under the launcher
     return flow.device(name)
+
+
+def world_size() -> int:
+    """Processes in this run (``oneflow.distributed.launch`` sets WORLD_SIZE; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        flow.comm.barrier()
+
+
+def all_reduce_mean_grads(parameters) -> None:
+    """Data parallelism: replace each gradient by its mean over the processes.
+
+    One flat all-reduce per step. Every process must pass the same parameters in the same
+    order; a parameter unused on this process (no gradient) contributes zeros, so the collective
+    never waits on a missing tensor. With equal shards this is the gradient of the whole global
+    batch, up to summation order.
+    """
+    n = world_size()
+    if n <= 1:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    grads = [p.grad if p.grad is not None else flow.zeros_like(p) for p in params]
+    flat = flow.cat([g.reshape(-1) for g in grads])
+    flow.comm.all_reduce(flat)
+    flat = flat / n
+    offset = 0
+    with flow.no_grad():
+        for p, g in zip(params, grads):
+            k = g.numel()
+            chunk = flat[offset:offset + k].reshape(g.shape)
+            if p.grad is None:
+                p.grad = chunk
+            else:
+                p.grad.copy_(chunk)
+            offset += k
+
+
+def broadcast_parameters(module) -> None:
+    """Start every process from rank 0's weights (heads are random-initialised per process)."""
+    if world_size() <= 1:
+        return
+    with flow.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            flow.comm.broadcast(t, 0)
 
 
 def seed_everything(seed: int) -> None:

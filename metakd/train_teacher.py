@@ -88,6 +88,8 @@ def main(argv=None) -> int:
                                    "sw": a.use_sample_weights, "dl": a.use_domain_loss, "lambda": a.domain_loss_weight,
                                    "len": a.max_seq_length})
     results = trainer.fit()
+    if trainer.rank != 0:
+        return 0  # the first process reports
     print(f"meta-teacher: best dev accuracy {results['dev'].get('accuracy', float('nan')):.4f} at step "
           f"{results['best_step']}; saved {a.out}")
     return 0

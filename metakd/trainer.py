@@ -39,7 +39,9 @@ from metakd.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
 from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
 from metakd.optim import make_optimizer
-from metakd.runtime import flow
+from metakd.runtime import all_reduce_mean_grads, barrier, broadcast_parameters, flow
+from metakd.runtime import rank as rank_of_process
+from metakd.runtime import world_size as processes
 
 RESUME_SUFFIX = ".resume"
 STATE = "state"
@@ -124,6 +126,8 @@ def claim_output(out_dir: Path, inputs: Sequence[Path] = ()) -> None:
         if src is not None and Path(src).exists() and out_dir.exists() and out_dir.resolve() == Path(src).resolve():
             raise UserError(f"the output folder is also an input ({src}); the run would replace it: choose another "
                             "output folder", out_dir)
+    if rank_of_process() != 0:
+        return  # under the launcher, the first process owns the output folder
     check_output_dir(out_dir)
     claim(out_dir)
 
@@ -177,7 +181,7 @@ class Trainer:
                  args: TrainArgs, device, out_dir: Path, save_model: Callable[[Path, dict], None],
                  evaluate: Optional[Callable[[], Dict[str, float]]] = None, select_metric: str = "accuracy",
                  trim: bool = True, stage: str = "train", fingerprint: Optional[dict] = None,
-                 rank: int = 0, world_size: int = 1, train_module=None, progress: bool = True,
+                 rank: Optional[int] = None, world_size: Optional[int] = None, train_module=None, progress: bool = True,
                  rng_modules: Sequence = ()):
         args.validate()
         if len(data) == 0:
@@ -197,16 +201,18 @@ class Trainer:
         self.select_metric = select_metric
         self.trim = trim
         self.stage = stage
-        self.rank = rank
-        self.world_size = world_size
+        # Under oneflow.distributed.launch: this process's shard of every global batch.
+        self.rank = rank_of_process() if rank is None else rank
+        self.world_size = processes() if world_size is None else world_size
         self.progress_bar = progress
         self.generators = dropout_generators([model, *rng_modules])
-        self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, rank, world_size))
+        broadcast_parameters(model)
+        self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, self.rank, self.world_size))
         total = args.epochs * self.steps_per_epoch
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
         self.optimizer, self.scheduler = make_optimizer(model, args.lr, args.weight_decay, self.total_steps,
                                                         args.warmup_proportion, eps=args.adam_eps)
-        fp = {"stage": stage, "n_train": len(data), "data": data_fingerprint(data), "world_size": world_size,
+        fp = {"stage": stage, "n_train": len(data), "data": data_fingerprint(data), "world_size": self.world_size,
               **asdict(args), **(fingerprint or {})}
         fp.pop("resume", None)
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -271,8 +277,8 @@ class Trainer:
             tqdm.write(msg)
 
     def _evaluate_and_select(self, epoch: int) -> None:
-        if self.evaluate is None:
-            return
+        if self.evaluate is None or not self.is_main:
+            return  # only the first process evaluates, selects and saves
         metrics = self.evaluate()
         p = self.progress
         entry = {"step": p.global_step, "epoch": epoch, **metrics}
@@ -322,7 +328,10 @@ class Trainer:
         if self.is_main:
             for path in (self.out_dir, self.resume_dir, self.state_dir, self.best_dir):
                 remove_stale(path)
-        if self.args.resume and self._try_resume():
+        barrier()  # the others read the state only after rank 0 has cleaned up
+        resumed = self.args.resume and self._try_resume()
+        barrier()  # ... and rank 0 removes it only after everyone has read it
+        if resumed:
             self._log(f"[{self.stage}] resuming from {self.state_dir} at step {self.progress.global_step}/{self.total_steps}")
         elif self.resume_dir.exists() and self.is_main:
             shutil.rmtree(self.resume_dir)
@@ -373,10 +382,15 @@ class Trainer:
                     batch = to_tensors(self.data, idx, self.device, trim=self.trim)
                     loss, logs = self.step_loss(batch, step)
                     loss_value = float(loss.numpy())
-                    if not math.isfinite(loss_value):
+                    if not math.isfinite(loss_value) and self.world_size == 1:
                         raise self._diverged("loss", loss_value, step)
                     loss.backward()
+                    # With several processes every one must reach the all-reduce; a non-finite loss
+                    # on one of them makes the averaged gradient non-finite on all, so all stop below.
+                    all_reduce_mean_grads(self.model.parameters())
                     grad_norm = float(flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm).numpy())
+                    if not math.isfinite(loss_value):
+                        raise self._diverged("loss", loss_value, step)
                     if not math.isfinite(grad_norm):
                         raise self._diverged("gradient norm", grad_norm, step)
                     self.optimizer.step()
@@ -411,7 +425,7 @@ class Trainer:
                         break
             bar.close()
             # The last steps since the previous evaluation must be judged too.
-            if self.evaluate is not None and (not p.history or p.history[-1]["step"] != p.global_step):
+            if self.evaluate is not None and self.is_main and (not p.history or p.history[-1]["step"] != p.global_step):
                 self._evaluate_and_select(args.epochs)
             results = self.results()
             self._finish(results)

@@ -1,0 +1,49 @@
+"""Data-parallel training with OneFlow's launcher on CPU (2 processes, as CI's 2 cores)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from _tiny import ROOT, SEQ, env, tiny
+
+
+def launch(args, timeout=600):
+    cmd = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000), *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_all_reduced_gradient_is_the_global_batch_gradient():
+    p = launch(["tests/helpers/ddp_grad_check.py"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in lines) == [0, 1]
+    for r in lines:
+        assert r["world_size"] == 2 and r["n_grads"] > 40
+        assert r["max_grad_diff"] < 1e-6, r
+    # Different random initialisations per process were replaced by rank 0's weights.
+    assert lines[0]["param_abs_sum"] == lines[1]["param_abs_sum"]
+
+
+def test_three_training_scripts_with_nproc_2(tmp_path):
+    t = tiny()
+    e = dict(env(), METAKD_PYTHON=sys.executable, NPROC="2", MASTER_PORT=str(30500 + os.getpid() % 1000),
+             DATA_DIR=str(t.data), OUT_DIR=str(tmp_path / "out"), TEACHER_MODEL=str(t.teacher),
+             STUDENT_MODEL=str(t.student), MAX_SEQ_LENGTH=str(SEQ), DEVICE="cpu", BATCH_SIZE="8",
+             TEACHER_EPOCHS="1", STAGE1_EPOCHS="1", STAGE2_EPOCHS="1", EVAL_EVERY="0", GENRE="books")
+    n_train = len(pd.read_csv(t.data / "train_with_weights.tsv", sep="\t", quoting=3, keep_default_na=False))
+    for script in ("3_train_teacher.sh", "4_student_first.sh", "5_student_second.sh"):
+        p = subprocess.run(["bash", script], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, f"{script}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+    teacher = json.loads((tmp_path / "out" / "meta_teacher" / "results.json").read_text())
+    assert teacher["world_size"] == 2
+    assert teacher["steps"] == math.ceil(n_train / (8 * 2))  # global batch = BATCH_SIZE x NPROC
+    assert teacher["dev"]["n"] > 0
+    student = json.loads((tmp_path / "out" / "books" / "meta_student_finetune" / "results.json").read_text())
+    assert student["world_size"] == 2 and student["steps"] > 0
+    assert not list((tmp_path / "out").glob("*.resume"))
