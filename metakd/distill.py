@@ -33,6 +33,10 @@ def build_parser():
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--temperature", "-T", type=float, default=2.0, help="stage second: softmax temperature")
     p.add_argument("--domain-loss-weight", type=float, default=0.5, help="stage first: lambda of the domain term")
+    p.add_argument("--teacher-cache-gb", type=float, default=4.0,
+                   help="stage first: memory budget (GiB) for the frozen teacher's targets, computed once and reused "
+                        "every epoch; larger caches go to a temporary file beside --out, or are recomputed each step "
+                        "when the disk is short too; 0: no cache")
     cli.add_common(p)
     cli.add_training(p, epochs=10)
     return p
@@ -60,6 +64,7 @@ def main(argv=None) -> int:
     from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, soft_cross_entropy, stage1_loss
     from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
     from metakd.runtime import flow, resolve_device, seed_everything
+    from metakd.runtime import rank as trainer_rank
     from metakd.trainer import Trainer, claim_output
 
     proc = cli.processor(a.task)
@@ -124,23 +129,48 @@ def main(argv=None) -> int:
         hid_pairs = hidden_pairs(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
         use_scores = compat != "easynlp"
 
+        def teacher_targets(batch):
+            """The teacher's mapped attention maps and hidden states, domain representation, logits."""
+            ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
+            t = teacher(ids, mask, types, compat=compat, output_hidden_states=True,
+                        output_attentions=not use_scores, output_attention_scores=use_scores)
+            t_att = t.backbone.attention_scores if use_scores else t.backbone.attentions
+            t_dom = teacher.domain_representation(t.content, doms)
+            if teacher_fit is not None:
+                t_dom = teacher_fit(t_dom)
+            return ([t_att[i] for _, i in att_pairs], [t.backbone.hidden_states[i] for _, i in hid_pairs], t_dom, t.logits)
+
+        cache = None
+        if compat != "easynlp" and a.teacher_cache_gb > 0:
+            # The frozen teacher gives the same targets every epoch: compute them once (design.md).
+            from metakd.teacher_cache import Stage1TeacherCache, describe
+
+            spill = a.out.parent / f".{a.out.name}.teacher-cache.{trainer_rank()}"
+            cache = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
+                                             len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
+                                             budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
+                                             progress=not a.no_progress)
+            if cache is None:
+                print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
+                      "beside --out; the teacher runs every step")
+            else:
+                print(f"teacher targets cached once for all epochs: {describe(cache.layout.nbytes)} in {cache.where}")
+
         def step_loss(batch, step):
             ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
             s = student(ids, mask, types, compat=compat, output_hidden_states=True,
                         output_attentions=not use_scores, output_attention_scores=use_scores)
             with flow.no_grad():
-                t = teacher(ids, mask, types, compat=compat, output_hidden_states=True,
-                            output_attentions=not use_scores, output_attention_scores=use_scores)
-                t_dom = teacher.domain_representation(t.content, doms)
-                if teacher_fit is not None:
-                    t_dom = teacher_fit(t_dom)
-                weights = (1.0 + batch["weights"]) * expertise_weights(t.logits, batch["labels"])
+                if cache is not None:
+                    t_att, t_hid, t_dom, t_logits = cache.batch(batch["row_index"].numpy(), ids.shape[1], device)
+                else:
+                    t_att, t_hid, t_dom, t_logits = teacher_targets(batch)
+                weights = (1.0 + batch["weights"]) * expertise_weights(t_logits, batch["labels"])
             s_att = s.backbone.attention_scores if use_scores else s.backbone.attentions
-            t_att = t.backbone.attention_scores if use_scores else t.backbone.attentions
             x = Stage1Inputs(
-                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=[t_att[i] for _, i in att_pairs],
+                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=t_att,
                 student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs],
-                teacher_hidden=[t.backbone.hidden_states[i] for _, i in hid_pairs],
+                teacher_hidden=t_hid,
                 student_domain=student.fit(student.domain_representation(s.content, doms)), teacher_domain=t_dom,
                 attention_mask=mask, weights=weights)
             return stage1_loss(x, a.domain_loss_weight, compat)
@@ -179,7 +209,11 @@ def main(argv=None) -> int:
                       fingerprint={"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir),
                                    "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,
                                    "lambda": a.domain_loss_weight})
-    results = trainer.fit()
+    try:
+        results = trainer.fit()
+    finally:
+        if a.stage == "first" and cache is not None:
+            cache.close()
     if trainer.rank != 0:
         return 0  # the first process reports
     if a.stage == "second":

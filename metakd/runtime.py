@@ -66,16 +66,17 @@ def resolve_device(name: str = "auto") -> flow.device:
 
 
 def world_size() -> int:
-    """Processes in this run (``oneflow.distributed.launch`` sets WORLD_SIZE; 1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes in this run (set by ``oneflow.distributed.launch``; 1 otherwise)."""
+    return int(flow.env.get_world_size())
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    # Not os.environ["RANK"]: importing OneFlow outside the launcher sets it to -1.
+    return int(flow.env.get_rank()) if world_size() > 1 else 0
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return int(flow.env.get_local_rank()) if world_size() > 1 else 0
 
 
 def barrier() -> None:
