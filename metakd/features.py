@@ -66,7 +66,9 @@ def encode(df: pd.DataFrame, tokenizer, labels: Sequence[str], domains: Sequence
         raise UserError("no rows to encode (empty split or genre filter left nothing)", source)
     texts_a = df["text_a"].tolist()
     if text_b_mode == "data":
-        texts_b = [b if b else None for b in df["text_b"].tolist()]
+        # "None" is EasyNLP's placeholder for "no second text" (its train_with_weights.tsv): its files
+        # are read as the single sentences they stand for.
+        texts_b = [b if b and b != "None" else None for b in df["text_b"].tolist()]
         texts_b = texts_b if any(b is not None for b in texts_b) else None
     elif text_b_mode == "none-pair":
         texts_b = [b if b and b != "None" else "None" for b in df["text_b"].tolist()]

@@ -219,3 +219,11 @@ def test_inference_batches(bs):
     for v in np.unique(lengths):  # stable: equal lengths keep row order
         rows = flat[lengths[flat] == v]
         assert np.all(np.diff(rows) > 0)
+
+
+def test_encode_data_mode_reads_easynlps_none_placeholder_as_no_pair(tok):
+    enc = encode(_frame(("None", "None", "None")), tok, LABELS, DOMAINS, max_length=9)
+    single = encode(_frame(("", "", "")), tok, LABELS, DOMAINS, max_length=9)
+    np.testing.assert_array_equal(enc.input_ids, single.input_ids)
+    np.testing.assert_array_equal(enc.token_type_ids, single.token_type_ids)
+    assert not enc.token_type_ids.any()
