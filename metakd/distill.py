@@ -46,7 +46,10 @@ def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teache
     """Everything that would make the pair fail mid-run, checked before any work starts."""
     from metakd.losses import layer_map
 
-    layer_map(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
+    try:
+        layer_map(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
+    except UserError as e:
+        raise UserError(f"{e} (teacher {teacher_dir})", student_dir) from None
     if teacher_cfg.num_attention_heads != student_cfg.num_attention_heads:
         raise UserError(f"teacher has {teacher_cfg.num_attention_heads} attention heads and the student "
                         f"{student_cfg.num_attention_heads}: attention maps are compared head by head, so they must be "
