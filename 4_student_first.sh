@@ -13,6 +13,7 @@ STAGE1_LR="${STAGE1_LR:-3e-5}"
 BATCH_SIZE="${BATCH_SIZE:-16}"                              # per process; global batch = BATCH_SIZE x NPROC
 MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"
 DOMAIN_LOSS_WEIGHT="${DOMAIN_LOSS_WEIGHT:-0.5}"             # weight of the domain-representation term
+TEACHER_CACHE_GB="${TEACHER_CACHE_GB:-4}"                   # memory for the frozen teacher's targets (computed once); 0: none
 LOG_EVERY="${LOG_EVERY:-20}"
 SEED="${SEED:-42}"
 DEVICE="${DEVICE:-auto}"
@@ -21,7 +22,7 @@ NPROC="${NPROC:-1}"
 SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
 RESTART="${RESTART:-0}"                                     # 1: throw away a saved state and start over
 
-flags=(--save-every "$SAVE_EVERY")
+flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 [ "$RESTART" = 1 ] && flags+=(--restart)
 DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$OUT_DIR/meta_teacher" \
   --student "$STUDENT_MODEL" --out "$OUT_DIR/$GENRE/meta_student_pretrain" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
