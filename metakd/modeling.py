@@ -16,6 +16,8 @@ keeps the ``weight``/``bias`` keys; on CUDA it uses the fused kernel.
 """
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import json
 import math
@@ -108,6 +110,11 @@ def _gelu_new(x: flow.Tensor) -> flow.Tensor:
 _ACTIVATIONS = {"gelu": _gelu, "gelu_new": _gelu_new, "gelu_pytorch_tanh": _gelu_new, "relu": F.relu}
 
 
+# Benchmarks only: METAKD_NATIVE_LAYERNORM=1 uses OneFlow's own (slow on CPU) LayerNorm, to
+# measure what the rewrite saves.
+_NATIVE_LAYERNORM = os.environ.get("METAKD_NATIVE_LAYERNORM", "0") == "1"
+
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis; state-dict keys ``weight`` [H] and ``bias`` [H].
 
@@ -131,7 +138,7 @@ class LayerNorm(nn.Module):
         return self._ones
 
     def forward(self, x: flow.Tensor) -> flow.Tensor:
-        if x.is_cuda:
+        if x.is_cuda or _NATIVE_LAYERNORM:
             return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         col, row = self._stats_vectors(x)
         mean = flow.matmul(x, col)                      # [..., 1]
