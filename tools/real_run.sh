@@ -12,9 +12,11 @@ export DATA_DIR="${DATA_DIR:-data/SENTI}" OUT_DIR="${OUT_DIR:-out/real}" GENRE="
 export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}" STAGE2_EPOCHS="${STAGE2_EPOCHS:-3}"
 export EVAL_EVERY="${EVAL_EVERY:-100}"
 TIMES="${TIMES:-$OUT_DIR/stage_times.tsv}"
+FROM="${FROM:-1}"   # first script to run (e.g. FROM=4 to continue after the teacher)
 mkdir -p "$OUT_DIR"
-printf 'script\twall_s\tpeak_rss_mb\n' > "$TIMES"
+[ "$FROM" != 1 ] && [ -f "$TIMES" ] || printf 'script\twall_s\tpeak_rss_mb\n' > "$TIMES"
 for step in 1_get_data 2_process_data 3_train_teacher 4_student_first 5_student_second 6_eval; do
+  [ "${step%%_*}" -ge "$FROM" ] || continue
   echo "== $step.sh"
   /usr/bin/time -f "%e %M" -o "$OUT_DIR/.time" bash "./$step.sh"
   read -r wall rss < "$OUT_DIR/.time"
