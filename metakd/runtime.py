@@ -54,7 +54,7 @@ def resolve_device(name: str = "auto") -> flow.device:
     """``auto`` -> CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is an error."""
     from metakd.errors import UserError
 
-    if name not in DEVICES and not name.startswith("cuda:"):
+    if name not in DEVICES and not name.startswith(("cuda:", "cpu:")):
         raise UserError(f"unknown device {name!r}; use one of auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not cuda_available():
         raise UserError("--device cuda was asked for but OneFlow sees no usable GPU; use --device cpu or auto")
