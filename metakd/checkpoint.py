@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from metakd.errors import UserError
-from metakd.fileio import atomic_dir
+from metakd.fileio import atomic_dir, read_json_object
 from metakd.modeling import BertConfig, BertModel
 from metakd.runtime import flow
 
@@ -103,7 +103,7 @@ def detect_layout(folder: Path) -> str:
     if (folder / "parameters.json").exists() and (folder / "weights").exists():
         return "oneflow-legacy"
     if (folder / CONFIG).exists() and (folder / WEIGHTS).exists():
-        cfg = _read_json(folder / CONFIG)
+        cfg = read_json_object(folder / CONFIG)
         return "metakd" if "metakd" in cfg else "huggingface"
     if (folder / "pytorch_model.bin").exists():
         raise UserError(
@@ -119,18 +119,6 @@ def detect_layout(folder: Path) -> str:
         "or parameters.json + weights/ (older OneFlow port)",
         folder,
     )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("file not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"not valid JSON ({e}); the file is damaged, copy or re-create it", path) from None
-    if not isinstance(d, dict):
-        raise UserError("expected a JSON object", path)
-    return d
 
 
 # Which pipeline step writes a metakd checkpoint of each role: named in "re-run ..." messages.
@@ -219,7 +207,7 @@ def read_config(folder: Path) -> BertConfig:
     """The BertConfig of any supported layout."""
     layout = detect_layout(folder)
     if layout == "oneflow-legacy":
-        params = _read_json(folder / "parameters.json")
+        params = read_json_object(folder / "parameters.json")
         d = {hf: params[k] for k, hf in _LEGACY_CONFIG_KEYS.items() if k in params}
         return BertConfig.from_dict(d)
     return BertConfig.from_json_file(folder / CONFIG)
@@ -236,7 +224,7 @@ def read_state_dict(folder: Path) -> Tuple[Dict[str, np.ndarray], str]:
         return {k: v.numpy() for k, v in sd.items()}, layout
     expected = None
     if layout == "metakd":
-        info = _read_json(folder / CONFIG)["metakd"]
+        info = read_json_object(folder / CONFIG)["metakd"]
         expected = info.get("weights_sha256") if isinstance(info, dict) else None
         if not isinstance(expected, str):
             raise UserError(f"config.json's metakd section has no weights_sha256, so the weights cannot be verified; "
@@ -255,7 +243,7 @@ def check_model_folder(folder: "str | Path", need_vocab: bool = True, metakd: Op
     if metakd and layout != "metakd":
         raise UserError("not a metakd checkpoint (config.json has no 'metakd' section); pass a folder written by metakd", folder)
     if layout in ("metakd", "huggingface"):
-        if layout == "metakd" and not isinstance(_read_json(folder / CONFIG)["metakd"], dict):
+        if layout == "metakd" and not isinstance(read_json_object(folder / CONFIG)["metakd"], dict):
             raise UserError(f"config.json's metakd section is damaged; {remedy(folder)}", folder / CONFIG)
         read_config(folder)
         check_safetensors(folder / WEIGHTS)
@@ -388,7 +376,7 @@ def read_metakd_info(folder: "str | Path") -> dict:
     folder = Path(folder)
     if detect_layout(folder) != "metakd":
         raise UserError("not a metakd checkpoint (config.json has no 'metakd' section); pass a folder written by metakd", folder)
-    info = _read_json(folder / CONFIG)["metakd"]
+    info = read_json_object(folder / CONFIG)["metakd"]
     if not isinstance(info, dict):
         raise UserError(f"config.json's metakd section is damaged; {remedy(folder)}", folder / CONFIG)
     return info

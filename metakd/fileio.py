@@ -103,6 +103,24 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: Optional[str] = "utf-
         raise
 
 
+def read_json_object(path: PathLike, missing: str = "file not found",
+                     damaged_fix: str = "the file is damaged, copy or re-create it",
+                     expected: str = "expected a JSON object") -> Dict[str, Any]:
+    """A JSON object from ``path``; a missing, unreadable or non-object file is a UserError."""
+    from metakd.errors import UserError
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(missing, path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"not valid JSON ({e}); {damaged_fix}", path) from None
+    if not isinstance(d, dict):
+        raise UserError(expected, path)
+    return d
+
+
 def write_json(path: PathLike, obj: Any) -> None:
     with atomic_open(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)

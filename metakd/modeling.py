@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from metakd.errors import UserError
+from metakd.fileio import read_json_object
 from metakd.runtime import flow
 
 nn = flow.nn
@@ -80,14 +80,9 @@ class BertConfig:
     @classmethod
     def from_json_file(cls, path: "str | Path") -> "BertConfig":
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError("config.json not found; a model folder needs config.json, vocab.txt and weights", path) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"not valid JSON ({e}); the file is damaged, copy it again", path) from None
-        if not isinstance(d, dict):
-            raise UserError("expected a JSON object of BERT hyper-parameters", path)
+        d = read_json_object(path, missing="config.json not found; a model folder needs config.json, vocab.txt and weights",
+                             damaged_fix="the file is damaged, copy it again",
+                             expected="expected a JSON object of BERT hyper-parameters")
         try:
             return cls.from_dict(d)
         except TypeError as e:
