@@ -7,13 +7,13 @@ import io
 import os
 import socket
 import tarfile
-import threading
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from _http import LocalServer
 from metakd import download
 from metakd.errors import UserError
 
@@ -32,7 +32,7 @@ ARCHIVE = make_tar_gz({"top/sorted_data_acl/books/positive.review": b"<review_te
                        "top/readme.txt": b"hello"})
 
 
-class Server:
+class Server(LocalServer):
     """http.server on 127.0.0.1 (port 0) in a thread; counts requests per path.
 
     Paths: /data.tar.gz (the archive), /flaky.tar.gz (503 on the first request), /down (always
@@ -70,17 +70,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
+from _http import LocalServer
 from metakd.data import senti, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def run_cli(args, cwd, timeout=120):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-class FileServer:
+class FileServer(LocalServer):
     """Serve a folder over http on 127.0.0.1 (port 0) in a thread; count GET requests."""
 
     def __init__(self, folder: Path):
@@ -43,18 +43,7 @@ class FileServer:
             def log_message(self, *args):
                 pass
 
-        handler = functools.partial(Handler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(functools.partial(Handler, directory=str(folder)))
 
 
 @pytest.fixture(scope="module")
