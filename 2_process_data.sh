@@ -10,6 +10,7 @@ MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"                     # tokens per input
 EMBED_BATCH_SIZE="${EMBED_BATCH_SIZE:-64}"                  # inference batch
 DEVICE="${DEVICE:-auto}"                                    # auto | cpu | cuda
 COMPAT="${COMPAT:-none}"                                    # none | easynlp (reference numerics)
+NPROC="${NPROC:-1}"                                         # processes (CPU cores or GPUs) sharing the embedding batches
 
-run_metakd process_data --data-dir "$DATA_DIR" --teacher-model "$TEACHER_MODEL" \
+DISTRIBUTED=1 run_metakd process_data --data-dir "$DATA_DIR" --teacher-model "$TEACHER_MODEL" \
   --max-seq-length "$MAX_SEQ_LENGTH" --batch-size "$EMBED_BATCH_SIZE" --device "$DEVICE" --compat "$COMPAT"

@@ -67,7 +67,6 @@ def main(argv=None) -> int:
     from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, soft_cross_entropy, stage1_loss
     from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
     from metakd.runtime import flow, resolve_device, seed_everything
-    from metakd.runtime import rank as trainer_rank
     from metakd.trainer import Trainer, claim_output
 
     proc = cli.processor(a.task)
@@ -148,7 +147,7 @@ def main(argv=None) -> int:
             # The frozen teacher gives the same targets every epoch: compute them once (design.md).
             from metakd.teacher_cache import Stage1TeacherCache, describe
 
-            spill = a.out.parent / f".{a.out.name}.teacher-cache.{trainer_rank()}"
+            spill = a.out.parent / f".{a.out.name}.teacher-cache"
             cache = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
                                              len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
                                              budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,

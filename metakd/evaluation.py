@@ -8,15 +8,19 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from metakd.features import Encoded, inference_batches, to_tensors
-from metakd.runtime import flow
+from metakd.runtime import all_reduce_sum_numpy, flow, shard
 
 
 def predict_logits(model, enc: Encoded, batch_size: int, device, compat: str = "none", progress: bool = False,
                    desc: str = "predict") -> np.ndarray:
     """Logits [N,K] in the original row order. Length-bucketed and trimmed batches, except in
-    ``easynlp`` compat (its content vector depends on the padded length, so inputs stay padded)."""
+    ``easynlp`` compat (its content vector depends on the padded length, so inputs stay padded).
+
+    Under the launcher the batches are split between the processes and the logits summed back,
+    so every process must call it and every process gets all N rows."""
     trim = compat != "easynlp"
     batches = inference_batches(enc.lengths, batch_size) if trim else [np.arange(i, min(i + batch_size, len(enc))) for i in range(0, len(enc), batch_size)]
+    batches = shard(batches)
     out = np.zeros((len(enc), model.num_labels), dtype=np.float32)
     was_training = model.training
     model.eval()
@@ -25,7 +29,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, device, compat: str = "
             b = to_tensors(enc, idx, device, trim=trim)
             out[idx] = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], compat=compat).logits.numpy()
     model.train(was_training)
-    return out
+    return all_reduce_sum_numpy(out, device)
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_names: Sequence[str]) -> Dict[str, float]:

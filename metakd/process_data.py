@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from metakd.data.senti import read_split_tsv, split_to_standard, write_standard_tsv
     from metakd.features import encode
     from metakd.prototypes import mean_embeddings, prototype_scores
-    from metakd.runtime import resolve_device, seed_everything
+    from metakd.runtime import rank, resolve_device, seed_everything
 
     proc = cli.processor(a.task)
     paths = {s: a.data_dir / f"{s}.tsv" for s in ("train", "dev", "test")}
@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     emb = mean_embeddings(backbone, enc, a.batch_size, device, compat=a.compat, progress=not a.no_progress)
     seconds = time.perf_counter() - t0
     scores = prototype_scores(emb, enc.domains, len(proc.domains))
+    if rank() != 0:
+        return 0  # under the launcher every process has all embeddings; the first one writes
     train["weight"] = scores
 
     write_standard_tsv(train, a.data_dir / cli.TRAIN_FILE)

@@ -12,18 +12,20 @@ from tqdm.auto import tqdm
 from metakd.errors import UserError
 from metakd.features import Encoded, inference_batches, to_tensors
 from metakd.meta_model import content_vector
-from metakd.runtime import flow
+from metakd.runtime import all_reduce_sum_numpy, flow, shard
 
 
 def mean_embeddings(backbone, enc: Encoded, batch_size: int, device, compat: str = "none", progress: bool = True) -> np.ndarray:
     """[N,H] content vectors (float32) of a BertModel, in row order; no grad, eval mode.
 
     Default: mean over real tokens without [CLS], length-bucketed trimmed batches. ``easynlp``:
-    mean over positions 1..L-1 of full-length (padded) inputs, as the reference.
+    mean over positions 1..L-1 of full-length (padded) inputs, as the reference. Under the
+    launcher the processes share the batches (collective: all must call it; all get all rows).
     """
     trim = compat != "easynlp"
     batches = inference_batches(enc.lengths, batch_size) if trim else \
         [np.arange(i, min(i + batch_size, len(enc))) for i in range(0, len(enc), batch_size)]
+    batches = shard(batches)
     out = np.zeros((len(enc), backbone.config.hidden_size), dtype=np.float32)
     backbone.eval()
     with flow.no_grad():
@@ -31,7 +33,7 @@ def mean_embeddings(backbone, enc: Encoded, batch_size: int, device, compat: str
             b = to_tensors(enc, idx, device, trim=trim)
             h = backbone(b["input_ids"], b["attention_mask"], b["token_type_ids"]).last_hidden_state
             out[idx] = content_vector(h, b["attention_mask"], compat).numpy()
-    return out
+    return all_reduce_sum_numpy(out, device)
 
 
 def _cos(x: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -79,6 +79,31 @@ def local_rank() -> int:
     return int(flow.env.get_local_rank()) if world_size() > 1 else 0
 
 
+def single_node() -> bool:
+    """All processes of the run share this machine (and so its files and page cache)."""
+    return world_size() <= 1 or int(flow.env.get_node_size()) == 1
+
+
+def shard(items: list) -> list:
+    """This process's share of a list of work items (every ``world_size``-th, from ``rank``)."""
+    n = world_size()
+    return items[rank()::n] if n > 1 else items
+
+
+def all_reduce_sum_numpy(array: np.ndarray, device=None) -> np.ndarray:
+    """The element-wise sum of ``array`` over the processes (itself with one process).
+
+    Sharded inference fills its own rows and leaves the others zero, so the sum is the whole
+    result on every process, exactly (each element has one non-zero term). Collective: every
+    process must call it with the same shape.
+    """
+    if world_size() <= 1:
+        return array
+    t = flow.tensor(np.ascontiguousarray(array), device=device or flow.device("cpu"))
+    flow.comm.all_reduce(t)
+    return t.numpy().astype(array.dtype, copy=False)
+
+
 def barrier() -> None:
     if world_size() > 1:
         flow.comm.barrier()

@@ -6,7 +6,9 @@ same outputs every epoch. Stage 1 needs, per example, the mapped layers' attenti
 positions only, so padding is not stored), its domain representation [H] and its logits [K].
 They are computed once with length-bucketed, trimmed batches and kept in memory when they fit in
 ``budget_bytes``, else in a memory-mapped file in ``spill_dir`` (when given and there is room),
-else not at all (the caller recomputes the teacher each step, as without a cache).
+else not at all (the caller recomputes the teacher each step, as without a cache). Under the
+launcher on one machine the processes build one shared memory-mapped cache in ``spill_dir``
+together, each computing a share of the batches.
 
 A batch read back is zero beyond each example's length; the default-mode losses ignore those
 positions, so the loss equals the uncached one up to float rounding (a trimmed batch's matmuls
@@ -25,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metakd.features import Encoded, inference_batches, to_tensors
-from metakd.runtime import flow
+from metakd.runtime import all_reduce_sum_numpy, barrier, flow, rank, shard, single_node, world_size
 
 
 @dataclass
@@ -72,25 +74,45 @@ class Stage1TeacherCache:
         neither the memory budget nor the spill folder's free space."""
         layout = plan(data.lengths, att_pairs, heads, hid_pairs, hidden)
         size = layout.nbytes
+        n_att, n_hid = max(int(layout.att_offset[-1]), 1), max(int(layout.hid_offset[-1]), 1)
+        shared = world_size() > 1 and single_node() and spill_dir is not None
+        if world_size() > 1 and not shared and spill_dir is not None:
+            spill_dir = Path(f"{spill_dir}.{rank()}")  # one private spill per process on a multi-machine run
         spill = None
-        if size <= budget_bytes:
+        if shared:
+            # The processes of one machine build one cache together, each computing its share of the
+            # batches into a memory-mapped file they all map: the teacher runs once in all, and the
+            # page cache holds one copy whatever NPROC is.
+            fits = rank() != 0 or shutil.disk_usage(_existing_parent(spill_dir)).free > size + (1 << 30)
+            if all_reduce_sum_numpy(np.array([0.0 if fits else 1.0], dtype=np.float32), device)[0] > 0:
+                return None
+            spill = Path(spill_dir)
+            if rank() == 0:
+                shutil.rmtree(spill, ignore_errors=True)
+                spill.mkdir(parents=True)
+                np.lib.format.open_memmap(spill / "attention.npy", mode="w+", dtype=np.float32, shape=(n_att,)).flush()
+                np.lib.format.open_memmap(spill / "hidden.npy", mode="w+", dtype=np.float32, shape=(n_hid,)).flush()
+            barrier()
+            att = np.load(spill / "attention.npy", mmap_mode="r+")
+            hid = np.load(spill / "hidden.npy", mmap_mode="r+")
+            where = f"a file shared by {world_size()} processes"
+        elif size <= budget_bytes:
             att = np.empty(int(layout.att_offset[-1]), dtype=np.float32)
             hid = np.empty(int(layout.hid_offset[-1]), dtype=np.float32)
             where = "memory"
         elif spill_dir is not None and shutil.disk_usage(_existing_parent(spill_dir)).free > size + (1 << 30):
             spill = Path(spill_dir)
             spill.mkdir(parents=True, exist_ok=True)
-            att = np.lib.format.open_memmap(spill / "attention.npy", mode="w+", dtype=np.float32,
-                                            shape=(max(int(layout.att_offset[-1]), 1),))
-            hid = np.lib.format.open_memmap(spill / "hidden.npy", mode="w+", dtype=np.float32,
-                                            shape=(max(int(layout.hid_offset[-1]), 1),))
+            att = np.lib.format.open_memmap(spill / "attention.npy", mode="w+", dtype=np.float32, shape=(n_att,))
+            hid = np.lib.format.open_memmap(spill / "hidden.npy", mode="w+", dtype=np.float32, shape=(n_hid,))
             where = "disk"
         else:
             return None
-        domain = np.empty((len(data), hidden), dtype=np.float32)
-        logits = np.empty((len(data), num_labels), dtype=np.float32)
+        domain = np.zeros((len(data), hidden), dtype=np.float32)
+        logits = np.zeros((len(data), num_labels), dtype=np.float32)
+        batches = shard(inference_batches(data.lengths, batch_size)) if shared else inference_batches(data.lengths, batch_size)
         with flow.no_grad():
-            for idx in tqdm(inference_batches(data.lengths, batch_size), desc="teacher targets",
+            for idx in tqdm(batches, desc="teacher targets",
                             disable=None if progress else True, leave=False):
                 b = to_tensors(data, idx, device, trim=True)
                 atts, hids, dom, lg = compute(b)
@@ -102,9 +124,13 @@ class Stage1TeacherCache:
                     hid[layout.hid_offset[row]:layout.hid_offset[row + 1]] = h_np[r, :, :n, :].reshape(-1)
                 domain[idx] = dom.numpy()
                 logits[idx] = lg.numpy()
-        if where == "disk":
+        if spill is not None:
             att.flush()
             hid.flush()
+        if shared:
+            domain = all_reduce_sum_numpy(domain, device)
+            logits = all_reduce_sum_numpy(logits, device)
+            barrier()  # every share is in the file before anyone reads it
         return cls(layout, att, hid, domain, logits, where, spill)
 
     def batch(self, idx: np.ndarray, width: int, device) -> Tuple[List[flow.Tensor], List[flow.Tensor], flow.Tensor, flow.Tensor]:
@@ -121,9 +147,10 @@ class Stage1TeacherCache:
                 t(self.domain[idx]), t(self.logits[idx]))
 
     def close(self) -> None:
-        """Drop the arrays and any spill files."""
+        """Drop the arrays and any spill files (a process still mapping a shared file keeps reading
+        it: Linux frees an unlinked file only when its last mapping goes)."""
         self.att = self.hid = None
-        if self._spill is not None:
+        if self._spill is not None and (rank() == 0 or not self.where.startswith("a file shared")):
             shutil.rmtree(self._spill, ignore_errors=True)
 
 

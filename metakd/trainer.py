@@ -277,8 +277,10 @@ class Trainer:
             tqdm.write(msg)
 
     def _evaluate_and_select(self, epoch: int) -> None:
-        if self.evaluate is None or not self.is_main:
-            return  # only the first process evaluates, selects and saves
+        if self.evaluate is None:
+            return
+        # Every process evaluates (inference shares the dev batches between them) and so keeps the
+        # same history; only the first one saves.
         metrics = self.evaluate()
         p = self.progress
         entry = {"step": p.global_step, "epoch": epoch, **metrics}
@@ -425,7 +427,7 @@ class Trainer:
                         break
             bar.close()
             # The last steps since the previous evaluation must be judged too.
-            if self.evaluate is not None and self.is_main and (not p.history or p.history[-1]["step"] != p.global_step):
+            if self.evaluate is not None and (not p.history or p.history[-1]["step"] != p.global_step):
                 self._evaluate_and_select(args.epochs)
             results = self.results()
             self._finish(results)

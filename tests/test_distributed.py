@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 
-from _tiny import ROOT, SEQ, env, tiny
+from _tiny import ROOT, SEQ, copy_data, env, tiny
 
 
 def launch(args, timeout=600):
@@ -47,3 +47,34 @@ def test_three_training_scripts_with_nproc_2(tmp_path):
     student = json.loads((tmp_path / "out" / "books" / "meta_student_finetune" / "results.json").read_text())
     assert student["world_size"] == 2 and student["steps"] > 0
     assert not list((tmp_path / "out").glob("*.resume"))
+
+
+def test_sharded_inference_and_shared_teacher_cache_give_every_process_all_rows(tmp_path):
+    p = launch(["tests/helpers/ddp_sharded_inference.py", tmp_path / "cache"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = sorted((json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in lines] == [0, 1]
+    for r in lines:
+        assert r["where"] == "a file shared by 2 processes"
+        # Against one example at a time on one process: equal up to float rounding of other batch shapes.
+        for key in ("logits_diff", "emb_diff", "cache_diff", "cache_logits_diff", "cache_domain_diff"):
+            assert r[key] < 1e-5, (key, r)
+    assert lines[0]["logits_sum"] == lines[1]["logits_sum"]
+    assert not (tmp_path / "cache").exists()  # rank 0 removed the shared file
+
+
+def test_process_data_with_nproc_2_gives_the_same_prototype_scores(tmp_path):
+    t = tiny()
+    outputs = {}
+    for nproc in ("1", "2"):
+        data = copy_data(tmp_path / f"data{nproc}")
+        e = dict(env(), METAKD_PYTHON=sys.executable, NPROC=nproc, MASTER_PORT=str(31500 + os.getpid() % 1000),
+                 DATA_DIR=str(data), TEACHER_MODEL=str(t.teacher), MAX_SEQ_LENGTH=str(SEQ), DEVICE="cpu",
+                 EMBED_BATCH_SIZE="8")
+        p = subprocess.run(["bash", "2_process_data.sh"], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+        assert p.stdout.count("prototype scores (") == 1  # one process reports and writes
+        outputs[nproc] = (data / "train_with_weights.tsv").read_text()
+    # The two processes embed alternate length buckets, the same buckets one process would: the
+    # same numbers bit for bit.
+    assert outputs["1"] == outputs["2"]
