@@ -438,7 +438,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
         def step():
             b = batch()
             with flow.no_grad():
-                student(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits.numpy()
+                student(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True).logits.numpy()
             ph.mark("student forward + logits to host")
         return step, enc
 
@@ -482,10 +482,10 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
 
         def step_loss():
             b = batch()
-            s = student(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            s = student(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True)
             ph.mark("student forward")
             with flow.no_grad():
-                t_logits = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits
+                t_logits = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True).logits
             ph.mark("teacher forward (no grad)")
             r = soft_cross_entropy(s.logits, t_logits, TEMPERATURE), {}
             ph.mark("soft cross-entropy")
@@ -500,7 +500,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
 
         def step_loss():
             b = batch()
-            s = student(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            s = student(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True)
             ph.mark("student forward")
             t_logits = flow.tensor(cached[b["row_index"].numpy()], device=device)
             r = soft_cross_entropy(s.logits, t_logits, TEMPERATURE), {}

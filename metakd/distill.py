@@ -187,12 +187,13 @@ def main(argv=None) -> int:
             cached = predict_logits(teacher, train, 64, device, progress=not a.no_progress, desc="teacher logits")
 
         def step_loss(batch, step):
-            s = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat)
+            s = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat, logits_only=True)
             if cached is not None:
                 t_logits = flow.tensor(cached[batch["row_index"].numpy()], device=device)
             else:
                 with flow.no_grad():
-                    t_logits = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat).logits
+                    t_logits = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat,
+                                        logits_only=True).logits
             return soft_cross_entropy(s.logits, t_logits, a.temperature), {}
 
         evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)

@@ -27,7 +27,8 @@ def predict_logits(model, enc: Encoded, batch_size: int, device, compat: str = "
     with flow.no_grad():
         for idx in tqdm(batches, desc=desc, disable=None if progress else True, leave=False):
             b = to_tensors(enc, idx, device, trim=trim)
-            out[idx] = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], compat=compat).logits.numpy()
+            out[idx] = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], compat=compat,
+                            logits_only=True).logits.numpy()
     model.train(was_training)
     return all_reduce_sum_numpy(out, device)
 

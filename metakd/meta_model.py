@@ -55,7 +55,7 @@ def init_framework_default(module: nn.Module) -> None:
 class MetaOutput:
     logits: flow.Tensor                          # [B,K]
     backbone: BertModelOutput
-    content: flow.Tensor                         # [B,H]
+    content: Optional[flow.Tensor]               # [B,H]; None for logits_only
 
     @property
     def probabilities(self) -> flow.Tensor:
@@ -105,11 +105,15 @@ class MetaBert(nn.Module):
     # -- forward pieces -----------------------------------------------------------------------
     def forward(self, input_ids: flow.Tensor, attention_mask: flow.Tensor, token_type_ids: flow.Tensor,
                 compat: str = "none", output_hidden_states: bool = False, output_attentions: bool = False,
-                output_attention_scores: bool = False) -> MetaOutput:
+                output_attention_scores: bool = False, logits_only: bool = False) -> MetaOutput:
+        """``logits_only``: skip what only the domain branch and distillation use (the content
+        vector, the last layer's non-[CLS] positions; see ``BertModel``); ``content`` is then None."""
         out = self.backbone(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states,
-                            output_attentions=output_attentions, output_attention_scores=output_attention_scores)
+                            output_attentions=output_attentions, output_attention_scores=output_attention_scores,
+                            cls_only=logits_only)
         logits = self.classifier(F.relu(out.pooler_output))
-        return MetaOutput(logits=logits, backbone=out, content=content_vector(out.last_hidden_state, attention_mask, compat))
+        content = None if logits_only else content_vector(out.last_hidden_state, attention_mask, compat)
+        return MetaOutput(logits=logits, backbone=out, content=content)
 
     def domain_logits(self, content: flow.Tensor, domain_ids: flow.Tensor) -> flow.Tensor:
         """Teacher training's domain branch: [B,H], [B] -> [B,D]."""

@@ -173,20 +173,22 @@ class BertSelfAttention(nn.Module):
         b, l, _ = x.shape
         return x.view(b, l, self.num_heads, self.head_size).permute(0, 2, 1, 3)  # [B,A,L,d]
 
-    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor):
-        """x [B,L,H], additive_mask [B,1,1,L] -> (context [B,L,H], scores [B,A,L,L], probs [B,A,L,L]).
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None):
+        """x [B,L,H], additive_mask [B,1,1,L] -> (context [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]).
 
         ``scores`` = QK^T/sqrt(d) before the mask; ``probs`` = softmax(scores + mask) after
-        attention dropout (what Hugging Face returns as ``attentions``).
+        attention dropout (what Hugging Face returns as ``attentions``). ``queries``: only the
+        first Lq positions ask (all L are keys and values); default all.
         """
-        b, l, h = x.shape
+        b, _, h = x.shape
+        xq = x if queries is None else x[:, :queries]
         # Scaling q instead of the [L,L] scores is the same function and cheaper.
-        q = self._heads(self.query(x) * (1.0 / math.sqrt(self.head_size)))
+        q = self._heads(self.query(xq) * (1.0 / math.sqrt(self.head_size)))
         k = self._heads(self.key(x))
         v = self._heads(self.value(x))
         scores = flow.matmul(q, k.transpose(-1, -2))
         probs = self.dropout(F.softmax(scores + additive_mask, dim=-1))
-        context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, l, h)
+        context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, xq.shape[1], h)
         return context, scores, probs
 
 
@@ -207,9 +209,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor):
-        context, scores, probs = self.self(x, additive_mask)
-        return self.output(context, x), scores, probs
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None):
+        context, scores, probs = self.self(x, additive_mask, queries)
+        return self.output(context, x if queries is None else x[:, :queries]), scores, probs
 
 
 class BertIntermediate(nn.Module):
@@ -240,9 +242,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor):
-        """x [B,L,H] -> (y [B,L,H], scores [B,A,L,L], probs [B,A,L,L])."""
-        a, scores, probs = self.attention(x, additive_mask)
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None):
+        """x [B,L,H] -> (y [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]); Lq = ``queries`` or L."""
+        a, scores, probs = self.attention(x, additive_mask, queries)
         return self.output(self.intermediate(a), a), scores, probs
 
 
@@ -302,8 +304,17 @@ class BertModel(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         output_attention_scores: bool = False,
+        cls_only: bool = False,
     ) -> BertModelOutput:
-        """input_ids, attention_mask (1 = real token), token_type_ids: [B,L] int64."""
+        """input_ids, attention_mask (1 = real token), token_type_ids: [B,L] int64.
+
+        ``cls_only``: for callers that need only the pooler output (logits). The last layer then
+        computes its query, attention output and feed-forward for [CLS] alone (keys and values
+        still for every token), which is the same pooler output for about 10/12 of one layer's
+        work less; ``last_hidden_state`` is then [B,1,H] and no per-layer outputs are returned.
+        """
+        if cls_only and (output_hidden_states or output_attentions or output_attention_scores):
+            raise ValueError("cls_only computes the last layer for [CLS] alone; it cannot return per-layer outputs")
         if attention_mask is None:
             attention_mask = flow.ones_like(input_ids)
         if token_type_ids is None:
@@ -314,8 +325,9 @@ class BertModel(nn.Module):
         hidden: List[flow.Tensor] = [x]
         scores_all: List[flow.Tensor] = []
         probs_all: List[flow.Tensor] = []
-        for layer in self.encoder.layer:
-            x, scores, probs = layer(x, additive_mask)
+        last = len(self.encoder.layer) - 1
+        for i, layer in enumerate(self.encoder.layer):
+            x, scores, probs = layer(x, additive_mask, 1 if cls_only and i == last else None)
             hidden.append(x)
             scores_all.append(scores)
             probs_all.append(probs)

@@ -41,6 +41,12 @@ def test_matches_huggingface_bert(role, folder):
         z = s.numpy() + (1.0 - mask[:, None, None, :]) * -10000.0
         p = np.exp(z - z.max(-1, keepdims=True))
         np.testing.assert_allclose(p / p.sum(-1, keepdims=True), a_ref, atol=TOL, rtol=0)
+    # Logits-only inference computes the last layer for [CLS] alone: the same pooler output as HF.
+    with flow.no_grad():
+        cls = model(flow.tensor(fx["input_ids"]), flow.tensor(mask), flow.tensor(fx["token_type_ids"]), cls_only=True)
+    np.testing.assert_allclose(cls.pooler_output.numpy(), fx[f"{role}.pooler_output"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(cls.last_hidden_state.numpy()[:, 0], fx[f"{role}.hidden_states.{n_layers}"][:, 0],
+                               atol=TOL, rtol=0)
 
 
 def _np_layer_norm(x, w, b, eps):
@@ -155,3 +161,29 @@ def test_config_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         BertConfig.from_json_file(bad)
+
+
+def test_cls_only_gives_the_same_logits_and_gradients():
+    """Training with logits_only (stage 2) is the same function of every weight as the full model."""
+    from metakd.meta_model import MetaBert
+
+    flow.manual_seed(0)
+    model = MetaBert(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), num_labels=2, num_domains=3)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 50, size=(4, 9))
+    mask = (np.arange(9)[None] < np.array([[9], [4], [6], [2]])).astype(np.int64)
+    args = (flow.tensor(ids * mask), flow.tensor(mask), flow.tensor(np.zeros_like(ids)))
+    grads = []
+    for logits_only in (False, True):
+        model.zero_grad()
+        out = model(*args, logits_only=logits_only)
+        assert (out.content is None) == logits_only
+        (out.logits * flow.tensor([[1.0, -2.0]])).sum().backward()
+        grads.append({k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None})
+        if logits_only:
+            assert tuple(out.backbone.last_hidden_state.shape) == (4, 1, 16)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        np.testing.assert_allclose(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, err_msg=k)
+    with pytest.raises(ValueError):
+        model.backbone(args[0], cls_only=True, output_hidden_states=True)
