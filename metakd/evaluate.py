@@ -42,8 +42,6 @@ def main(argv=None) -> int:
     from metakd.runtime import resolve_device
 
     proc = cli.processor(a.task)
-    if a.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     split_file = a.data_dir / (cli.TEST_FILE if a.split == "test" else cli.DEV_FILE)
     if a.genre == "all":
         if a.student is not None:

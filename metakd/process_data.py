@@ -43,8 +43,6 @@ def main(argv=None) -> int:
     for p in paths.values():
         if not p.exists():
             raise UserError("file not found; run 1_get_data.sh first (it writes train/dev/test.tsv)", p)
-    if a.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     check_model_folder(a.teacher_model)
     device = resolve_device(a.device)
     seed_everything(a.seed)
