@@ -107,10 +107,12 @@ class MetaBert(nn.Module):
                 compat: str = "none", output_hidden_states: bool = False, output_attentions: bool = False,
                 output_attention_scores: bool = False, logits_only: bool = False) -> MetaOutput:
         """``logits_only``: skip what only the domain branch and distillation use (the content
-        vector, the last layer's non-[CLS] positions; see ``BertModel``); ``content`` is then None."""
+        vector, the last layer's non-[CLS] positions; see ``BertModel``); ``content`` is then None.
+        Default numerics run the dense layers on real tokens only (``BertModel(unpad=True)``);
+        ``easynlp`` keeps every position, since its content vector and losses read the padding."""
         out = self.backbone(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states,
                             output_attentions=output_attentions, output_attention_scores=output_attention_scores,
-                            cls_only=logits_only)
+                            cls_only=logits_only, unpad=compat != "easynlp")
         logits = self.classifier(F.relu(out.pooler_output))
         content = None if logits_only else content_vector(out.last_hidden_state, attention_mask, compat)
         return MetaOutput(logits=logits, backbone=out, content=content)

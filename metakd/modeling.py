@@ -143,6 +143,42 @@ class LayerNorm(nn.Module):
         return xc * flow.matmul(rstd, row) * self.weight + self.bias
 
 
+class Unpadding:
+    """Where the real tokens of a padded [B,L] batch sit when packed into [T,...] rows.
+
+    Dense layers (Q/K/V, attention output, feed-forward, LayerNorm) act on each token alone, so
+    running them on the T real tokens instead of all B*L positions gives the same real-token
+    outputs for less work; only attention needs the padded [B,L] layout, and padded keys are
+    masked out of it. Packing and unpacking are row gathers (``index_select``, whose backward is
+    cheap in OneFlow; its ``scatter`` is not).
+    """
+
+    def __init__(self, attention_mask: flow.Tensor):
+        b, l = attention_mask.shape
+        flat = attention_mask.reshape(-1).to(flow.int64)
+        self.batch, self.length = b, l
+        self.real = flow.nonzero(flat).reshape(-1)                      # [T] flat positions of real tokens
+        self.tokens = int(self.real.shape[0])
+        row = flow.cumsum(flat, dim=0) - 1                               # packed row of each real position
+        self.slot = flow.where(flat > 0, row, flow.full_like(row, self.tokens))  # [B*L]; T: the zero row
+        self.first = flow.index_select(self.slot, 0, flow.arange(0, b * l, l, device=flat.device))  # [B] [CLS] rows
+
+    @classmethod
+    def of(cls, attention_mask: flow.Tensor) -> Optional["Unpadding"]:
+        """None when the batch has no padding (packing would only add gathers)."""
+        u = cls(attention_mask)
+        return u if u.tokens < u.batch * u.length else None
+
+    def pack(self, x: flow.Tensor) -> flow.Tensor:
+        """[B,L,...] -> [T,...]."""
+        return flow.index_select(x.reshape(self.batch * self.length, *x.shape[2:]), 0, self.real)
+
+    def pad(self, x: flow.Tensor) -> flow.Tensor:
+        """[T,...] -> [B,L,...], zeros at padded positions."""
+        z = flow.cat([x, flow.zeros(1, *x.shape[1:], dtype=x.dtype, device=x.device)])
+        return flow.index_select(z, 0, self.slot).reshape(self.batch, self.length, *x.shape[1:])
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -173,22 +209,33 @@ class BertSelfAttention(nn.Module):
         b, l, _ = x.shape
         return x.view(b, l, self.num_heads, self.head_size).permute(0, 2, 1, 3)  # [B,A,L,d]
 
-    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None):
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
+                unpad: Optional[Unpadding] = None):
         """x [B,L,H], additive_mask [B,1,1,L] -> (context [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]).
 
         ``scores`` = QK^T/sqrt(d) before the mask; ``probs`` = softmax(scores + mask) after
         attention dropout (what Hugging Face returns as ``attentions``). ``queries``: only the
-        first Lq positions ask (all L are keys and values); default all.
+        first Lq positions ask (all L are keys and values); default all. With ``unpad``, x and
+        context are packed real tokens [T,H] ([B,H] for ``queries=1``: the [CLS] rows).
         """
-        b, _, h = x.shape
-        xq = x if queries is None else x[:, :queries]
+        h = x.shape[-1]
+        if unpad is None:
+            xq = x if queries is None else x[:, :queries]
+        else:
+            xq = x if queries is None else flow.index_select(x, 0, unpad.first)
         # Scaling q instead of the [L,L] scores is the same function and cheaper.
-        q = self._heads(self.query(xq) * (1.0 / math.sqrt(self.head_size)))
-        k = self._heads(self.key(x))
-        v = self._heads(self.value(x))
+        q = self.query(xq) * (1.0 / math.sqrt(self.head_size))
+        k, v = self.key(x), self.value(x)
+        if unpad is not None:
+            q = unpad.pad(q) if queries is None else q.unsqueeze(1)
+            k, v = unpad.pad(k), unpad.pad(v)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         scores = flow.matmul(q, k.transpose(-1, -2))
         probs = self.dropout(F.softmax(scores + additive_mask, dim=-1))
-        context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, xq.shape[1], h)
+        b, lq = q.shape[0], q.shape[2]
+        context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, lq, h)
+        if unpad is not None:
+            context = unpad.pack(context) if queries is None else context.reshape(b, h)
         return context, scores, probs
 
 
@@ -209,9 +256,14 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None):
-        context, scores, probs = self.self(x, additive_mask, queries)
-        return self.output(context, x if queries is None else x[:, :queries]), scores, probs
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
+                unpad: Optional[Unpadding] = None):
+        context, scores, probs = self.self(x, additive_mask, queries, unpad)
+        if queries is None:
+            residual = x
+        else:
+            residual = x[:, :queries] if unpad is None else flow.index_select(x, 0, unpad.first)
+        return self.output(context, residual), scores, probs
 
 
 class BertIntermediate(nn.Module):
@@ -242,9 +294,11 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None):
-        """x [B,L,H] -> (y [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]); Lq = ``queries`` or L."""
-        a, scores, probs = self.attention(x, additive_mask, queries)
+    def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
+                unpad: Optional[Unpadding] = None):
+        """x [B,L,H] -> (y [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]); Lq = ``queries`` or L.
+        With ``unpad``: x [T,H] -> y [T,H] ([B,H] for ``queries=1``)."""
+        a, scores, probs = self.attention(x, additive_mask, queries, unpad)
         return self.output(self.intermediate(a), a), scores, probs
 
 
@@ -305,6 +359,7 @@ class BertModel(nn.Module):
         output_attentions: bool = False,
         output_attention_scores: bool = False,
         cls_only: bool = False,
+        unpad: bool = False,
     ) -> BertModelOutput:
         """input_ids, attention_mask (1 = real token), token_type_ids: [B,L] int64.
 
@@ -312,6 +367,11 @@ class BertModel(nn.Module):
         computes its query, attention output and feed-forward for [CLS] alone (keys and values
         still for every token), which is the same pooler output for about 10/12 of one layer's
         work less; ``last_hidden_state`` is then [B,1,H] and no per-layer outputs are returned.
+
+        ``unpad``: the dense layers run on the real tokens only (``Unpadding``). Real positions
+        and the pooler output are the same as without it; padded positions of the hidden states
+        are zero (instead of values nothing should read), and so are the padded query rows of
+        the attention scores and maps.
         """
         if cls_only and (output_hidden_states or output_attentions or output_attention_scores):
             raise ValueError("cls_only computes the last layer for [CLS] alone; it cannot return per-layer outputs")
@@ -321,16 +381,23 @@ class BertModel(nn.Module):
             token_type_ids = flow.zeros_like(input_ids)
         additive_mask = (1.0 - attention_mask.to(flow.float32)).view(input_ids.shape[0], 1, 1, -1) * MASK_VALUE
 
+        packing = Unpadding.of(attention_mask) if unpad else None
         x = self.embeddings(input_ids, token_type_ids)
+        if packing is not None:
+            x = packing.pack(x)
         hidden: List[flow.Tensor] = [x]
         scores_all: List[flow.Tensor] = []
         probs_all: List[flow.Tensor] = []
         last = len(self.encoder.layer) - 1
         for i, layer in enumerate(self.encoder.layer):
-            x, scores, probs = layer(x, additive_mask, 1 if cls_only and i == last else None)
+            x, scores, probs = layer(x, additive_mask, 1 if cls_only and i == last else None, packing)
             hidden.append(x)
             scores_all.append(scores)
             probs_all.append(probs)
+        if packing is not None:
+            x = x.unsqueeze(1) if cls_only else packing.pad(x)
+            if output_hidden_states:
+                hidden = [packing.pad(t) for t in hidden]
         return BertModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x),

@@ -31,7 +31,7 @@ def mean_embeddings(backbone, enc: Encoded, batch_size: int, device, compat: str
     with flow.no_grad():
         for idx in tqdm(batches, desc="embeddings", disable=None if progress else True, leave=False):
             b = to_tensors(enc, idx, device, trim=trim)
-            h = backbone(b["input_ids"], b["attention_mask"], b["token_type_ids"]).last_hidden_state
+            h = backbone(b["input_ids"], b["attention_mask"], b["token_type_ids"], unpad=trim).last_hidden_state
             out[idx] = content_vector(h, b["attention_mask"], compat).numpy()
     return all_reduce_sum_numpy(out, device)
 

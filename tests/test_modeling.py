@@ -47,6 +47,22 @@ def test_matches_huggingface_bert(role, folder):
     np.testing.assert_allclose(cls.pooler_output.numpy(), fx[f"{role}.pooler_output"], atol=TOL, rtol=0)
     np.testing.assert_allclose(cls.last_hidden_state.numpy()[:, 0], fx[f"{role}.hidden_states.{n_layers}"][:, 0],
                                atol=TOL, rtol=0)
+    # Unpadded (dense layers on real tokens only): HF's numbers at every real position, zeros at padding.
+    with flow.no_grad():
+        up = model(flow.tensor(fx["input_ids"]), flow.tensor(mask), flow.tensor(fx["token_type_ids"]), unpad=True,
+                   output_hidden_states=True, output_attention_scores=True)
+        up_cls = model(flow.tensor(fx["input_ids"]), flow.tensor(mask), flow.tensor(fx["token_type_ids"]), unpad=True,
+                       cls_only=True)
+    real = mask.astype(bool)
+    for i, h in enumerate(up.hidden_states):
+        np.testing.assert_allclose(h.numpy()[real], fx[f"{role}.hidden_states.{i}"][real], atol=TOL, rtol=0)
+        assert not h.numpy()[~real].any()
+    for s_up, s_full in zip(up.attention_scores, out.attention_scores):
+        both = real[:, None, :, None] & real[:, None, None, :]
+        both = np.broadcast_to(both, s_up.shape)
+        np.testing.assert_allclose(s_up.numpy()[both], s_full.numpy()[both], atol=TOL, rtol=0)
+    np.testing.assert_allclose(up.pooler_output.numpy(), fx[f"{role}.pooler_output"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(up_cls.pooler_output.numpy(), fx[f"{role}.pooler_output"], atol=TOL, rtol=0)
 
 
 def _np_layer_norm(x, w, b, eps):
@@ -187,3 +203,30 @@ def test_cls_only_gives_the_same_logits_and_gradients():
         np.testing.assert_allclose(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-5, err_msg=k)
     with pytest.raises(ValueError):
         model.backbone(args[0], cls_only=True, output_hidden_states=True)
+
+
+def test_unpadded_layers_give_the_same_real_outputs_and_gradients():
+    """Training on packed real tokens is the same function of every weight on real positions."""
+    flow.manual_seed(0)
+    model = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    rng = np.random.default_rng(2)
+    B, L = 5, 9
+    mask = (np.arange(L)[None] < np.array([[9], [4], [6], [2], [7]])).astype(np.int64)
+    ids = flow.tensor(rng.integers(5, 50, size=(B, L)) * mask)
+    w_hidden = flow.tensor(rng.normal(size=(B, L, 16)).astype(np.float32) * mask[:, :, None].astype(np.float32))
+    w_pool = flow.tensor(rng.normal(size=(B, 16)).astype(np.float32))
+    grads, outs = [], []
+    for unpad in (False, True):
+        model.zero_grad()
+        out = model(ids, flow.tensor(mask), unpad=unpad, output_hidden_states=True)
+        loss = sum((h * w_hidden).sum() for h in out.hidden_states) + (out.pooler_output * w_pool).sum()
+        loss.backward()
+        outs.append(out.last_hidden_state.numpy() * mask[:, :, None])
+        grads.append({k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None})
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
+    for k in grads[0]:
+        np.testing.assert_allclose(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-4, err_msg=k)
+    # No padding: nothing to pack, the plain path runs.
+    from metakd.modeling import Unpadding
+    assert Unpadding.of(flow.ones(2, 3, dtype=flow.int64)) is None
