@@ -14,6 +14,7 @@ EasyNLP's numerics instead (design.md section 3).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,7 @@ def main(argv=None) -> int:
             from metakd.teacher_cache import Stage1TeacherCache, describe
 
             spill = a.out.parent / f".{a.out.name}.teacher-cache"
+            t0 = time.perf_counter()
             cache = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
                                              len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
                                              budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
@@ -156,7 +158,8 @@ def main(argv=None) -> int:
                 print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
                       "beside --out; the teacher runs every step")
             else:
-                print(f"teacher targets cached once for all epochs: {describe(cache.layout.nbytes)} in {cache.where}")
+                print(f"teacher targets cached once for all epochs: {describe(cache.layout.nbytes)} in {cache.where}, "
+                      f"{time.perf_counter() - t0:.1f} s")
 
         def step_loss(batch, step):
             ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
@@ -184,7 +187,9 @@ def main(argv=None) -> int:
             # A frozen teacher in eval mode gives the same logits every epoch: compute them once.
             from metakd.evaluation import predict_logits
 
+            t0 = time.perf_counter()
             cached = predict_logits(teacher, train, 64, device, progress=not a.no_progress, desc="teacher logits")
+            print(f"teacher logits computed once for all epochs: {len(train)} examples, {time.perf_counter() - t0:.1f} s")
 
         def step_loss(batch, step):
             s = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat, logits_only=True)

@@ -10,7 +10,7 @@ import contextlib
 import os
 import random
 import sys
-from typing import Iterator
+from typing import Dict, Iterator, Optional
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("ONEFLOW_DEBUG_MODE", "0")
@@ -109,32 +109,53 @@ def barrier() -> None:
         flow.comm.barrier()
 
 
-def all_reduce_mean_grads(parameters) -> None:
+def all_reduce_mean_grads(parameters, row_ids: Optional[Dict[int, flow.Tensor]] = None) -> None:
     """Data parallelism: replace each gradient by its mean over the processes.
 
     One flat all-reduce per step. Every process must pass the same parameters in the same
     order; a parameter unused on this process (no gradient) contributes zeros, so the collective
     never waits on a missing tensor. With equal shards this is the gradient of the whole global
     batch, up to summation order.
+
+    ``row_ids`` maps ``id(parameter)`` of an embedding table to the ids this process looked up
+    (e.g. the word embeddings and the batch's token ids). Only rows some process looked up can
+    have a non-zero gradient, so only the union of those rows is sent: for BERT's 30522-row word
+    table that is a few thousand rows instead of half the model. The other rows are zero on every
+    process, so their mean is the zero they already hold.
     """
     n = world_size()
     if n <= 1:
         return
+    row_ids = row_ids or {}
     params = [p for p in parameters if p.requires_grad]
-    grads = [p.grad if p.grad is not None else flow.zeros_like(p) for p in params]
-    flat = flow.cat([g.reshape(-1) for g in grads])
+    chunks, rows_of = [], {}
+    for p in params:
+        g = p.grad if p.grad is not None else flow.zeros_like(p)
+        if id(p) in row_ids:
+            seen = flow.zeros(p.shape[0], device=g.device)
+            seen[row_ids[id(p)].reshape(-1).to(g.device)] = 1.0
+            flow.comm.all_reduce(seen)
+            rows = flow.nonzero(seen).reshape(-1)
+            rows_of[id(p)] = rows
+            g = flow.index_select(g, 0, rows)
+        chunks.append(g)
+    flat = flow.cat([g.reshape(-1) for g in chunks])
     flow.comm.all_reduce(flat)
     flat = flat / n
     offset = 0
     with flow.no_grad():
-        for p, g in zip(params, grads):
+        for p, g in zip(params, chunks):
             k = g.numel()
             chunk = flat[offset:offset + k].reshape(g.shape)
-            if p.grad is None:
+            offset += k
+            if id(p) in rows_of:
+                if p.grad is None:
+                    p.grad = flow.zeros_like(p)
+                p.grad[rows_of[id(p)]] = chunk
+            elif p.grad is None:
                 p.grad = chunk
             else:
                 p.grad.copy_(chunk)
-            offset += k
 
 
 def broadcast_parameters(module) -> None:

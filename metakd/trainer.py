@@ -206,6 +206,10 @@ class Trainer:
         self.world_size = processes() if world_size is None else world_size
         self.progress_bar = progress
         self.generators = dropout_generators([model, *rng_modules])
+        # Token-embedding tables get a gradient only in the rows of the batch's token ids: the
+        # all-reduce sends just those rows (see all_reduce_mean_grads).
+        self.token_tables = [m.weight for name, m in model.named_modules()
+                             if name.split(".")[-1] == "word_embeddings" and m.weight.requires_grad]
         broadcast_parameters(model)
         self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, self.rank, self.world_size))
         total = args.epochs * self.steps_per_epoch
@@ -389,7 +393,7 @@ class Trainer:
                     loss.backward()
                     # With several processes every one must reach the all-reduce; a non-finite loss
                     # on one of them makes the averaged gradient non-finite on all, so all stop below.
-                    all_reduce_mean_grads(self.model.parameters())
+                    all_reduce_mean_grads(self.model.parameters(), {id(w): batch["input_ids"] for w in self.token_tables})
                     grad_norm = float(flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm).numpy())
                     if not math.isfinite(loss_value):
                         raise self._diverged("loss", loss_value, step)

@@ -39,7 +39,10 @@ r, n = rank(), world_size()
 shard = np.array_split(np.arange(B), n)[r]
 loss = loss_of(model, ids[shard], mask[shard], labels[shard], domains[shard], weights[shard])
 loss.backward()
-all_reduce_mean_grads(model.parameters())
+grads_before = {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
+word = model.backbone.embeddings.word_embeddings.weight
+sparse = len(sys.argv) > 1 and sys.argv[1] == "sparse"
+all_reduce_mean_grads(model.parameters(), {id(word): flow.tensor(ids[shard])} if sparse else None)
 got = {k: p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
 
 # The same gradient from one process: the mean of the per-shard losses (equal shards).
@@ -50,5 +53,10 @@ total.backward()
 want = {k: p.grad.numpy() for k, p in ref.named_parameters() if p.grad is not None}
 diff = max(float(np.abs(got[k] - want[k]).max()) for k in want)
 same_init = float(sum(np.abs(p.numpy()).sum() for p in model.parameters()))
-print(json.dumps({"rank": r, "world_size": n, "max_grad_diff": diff, "n_grads": len(got), "param_abs_sum": same_init}))
+# Rows no process looked up stay zero; this process's own rows were really averaged with the other's.
+untouched = np.setdiff1d(np.arange(40), ids)
+print(json.dumps({"rank": r, "world_size": n, "max_grad_diff": diff, "n_grads": len(got), "param_abs_sum": same_init,
+                  "sparse": sparse, "untouched_rows_zero": bool(not got["backbone.embeddings.word_embeddings.weight"][untouched].any()),
+                  "word_grad_changed": float(np.abs(got["backbone.embeddings.word_embeddings.weight"]
+                                                    - grads_before["backbone.embeddings.word_embeddings.weight"]).max())}))
 sys.stdout.flush()
