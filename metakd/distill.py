@@ -43,6 +43,43 @@ def build_parser():
     return p
 
 
+TEACHER_LOGITS = "teacher_logits.npz"
+
+
+def teacher_logits_key(teacher_info: dict, train, max_seq_length: int) -> dict:
+    """What the frozen teacher's logits on the training rows depend on: its weights, the encoded rows."""
+    from metakd.trainer import data_fingerprint
+
+    return {"teacher_weights_sha256": teacher_info.get("weights_sha256"), "data": data_fingerprint(train),
+            "max_seq_length": max_seq_length}
+
+
+def save_teacher_logits(folder: Path, logits: np.ndarray, key: dict) -> None:
+    """Stage first already has the teacher's logits (from its cache); stage second reuses them."""
+    import json
+
+    from metakd.fileio import atomic_open
+
+    with atomic_open(folder / TEACHER_LOGITS, "wb") as f:
+        np.savez(f, logits=logits, key=np.array(json.dumps(key, sort_keys=True)))
+
+
+def load_teacher_logits(folder: Path, key: dict, n: int) -> "np.ndarray | None":
+    """The logits stage first saved, if they are for this teacher and these rows; else None."""
+    import json
+
+    path = folder / TEACHER_LOGITS
+    if key.get("teacher_weights_sha256") is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            if json.loads(str(z["key"])) != key or z["logits"].shape[0] != n:
+                return None
+            return z["logits"].astype(np.float32)
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: compute them again
+
+
 def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teacher_dir: Path, student_dir: Path) -> None:
     """Everything that would make the pair fail mid-run, checked before any work starts."""
     from metakd.losses import layer_map
@@ -126,6 +163,8 @@ def main(argv=None) -> int:
           f"{teacher_cfg.num_hidden_layers}L/{teacher_cfg.hidden_size}H -> student {student_cfg.num_hidden_layers}L/"
           f"{student_cfg.hidden_size}H; device {device}; compat {compat}")
     trim = compat != "easynlp"
+    logits_key = teacher_logits_key(teacher_info, train, a.max_seq_length)
+    cache = None
 
     if a.stage == "first":
         att_pairs = attention_pairs(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
@@ -184,12 +223,17 @@ def main(argv=None) -> int:
     else:
         cached = None
         if compat != "easynlp":
-            # A frozen teacher in eval mode gives the same logits every epoch: compute them once.
+            # A frozen teacher in eval mode gives the same logits every epoch: compute them once, or
+            # take the ones stage first computed for its cache (same teacher weights, same rows).
             from metakd.evaluation import predict_logits
 
-            t0 = time.perf_counter()
-            cached = predict_logits(teacher, train, 64, device, progress=not a.no_progress, desc="teacher logits")
-            print(f"teacher logits computed once for all epochs: {len(train)} examples, {time.perf_counter() - t0:.1f} s")
+            cached = load_teacher_logits(a.student, logits_key, len(train))
+            if cached is not None:
+                print(f"teacher logits from stage first ({a.student / TEACHER_LOGITS}): {len(train)} examples")
+            else:
+                t0 = time.perf_counter()
+                cached = predict_logits(teacher, train, 64, device, progress=not a.no_progress, desc="teacher logits")
+                print(f"teacher logits computed once for all epochs: {len(train)} examples, {time.perf_counter() - t0:.1f} s")
 
         def step_loss(batch, step):
             s = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat, logits_only=True)
@@ -204,12 +248,15 @@ def main(argv=None) -> int:
         evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)
 
     role = "student_first" if a.stage == "first" else "student_second"
+    stage1_logits = cache.logits.copy() if a.stage == "first" and cache is not None else None
 
     def save(folder, results):
         info = student.metakd_info(role, proc.labels, proc.domains, a.task)
         info.update(genre=a.genre, compat=compat, max_seq_length=a.max_seq_length, teacher=str(a.teacher),
                     source_model=str(a.student), temperature=a.temperature if a.stage == "second" else None)
         save_checkpoint(folder, student, student.config, info, vocab_from=a.student)
+        if stage1_logits is not None:
+            save_teacher_logits(folder, stage1_logits, logits_key)
 
     trainer = Trainer(student, train, step_loss, targs, device, a.out, save, evaluate=evaluate_fn, trim=trim,
                       progress=not a.no_progress, rng_modules=[teacher],

@@ -97,3 +97,44 @@ def test_stage_one_with_and_without_cache_trains_the_same(tmp_path):
     assert max(float(np.abs(wc[k] - wl[k]).max()) for k in wl) < 1e-4
     assert rc["steps"] == rl["steps"]
     assert not list(tmp_path.glob(".*teacher-cache*"))
+
+
+def test_stage_two_reuses_the_teacher_logits_of_stage_one(tmp_path):
+    import shutil
+
+    t = tiny()
+    teacher = make_checkpoint(tmp_path / "teacher")
+    first = tmp_path / "first"
+    common = ["--genre", "books", "--data-dir", t.data, "--teacher", teacher, "--max-seq-length", SEQ,
+              "--no-progress", "--device", "cpu", "--epochs", "1"]
+    p = run_cli("metakd.distill", ["--stage", "first", "--student", t.student, "--out", first, *common])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (first / "teacher_logits.npz").is_file()
+    # The same stage-first output without the file: stage second computes the logits itself.
+    bare = tmp_path / "first_bare"
+    shutil.copytree(first, bare)
+    (bare / "teacher_logits.npz").unlink()
+    results = {}
+    for name, student in (("reused", first), ("computed", bare)):
+        out = tmp_path / f"second_{name}"
+        p = run_cli("metakd.distill", ["--stage", "second", "--student", student, "--out", out, *common])
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert ("teacher logits from stage first" in p.stdout) == (name == "reused")
+        assert ("teacher logits computed once" in p.stdout) == (name == "computed")
+        results[name] = load_file(str(out / "model.safetensors"))
+    # Cache batches and inference batches differ in shape only: the same training up to float rounding.
+    assert max(float(np.abs(results["reused"][k] - results["computed"][k]).max()) for k in results["computed"]) < 1e-4
+
+    # Logits of another teacher are not reused.
+    other = make_checkpoint(tmp_path / "teacher2")
+    from metakd.checkpoint import read_metakd_info
+    from metakd.distill import load_teacher_logits
+
+    with np.load(first / "teacher_logits.npz") as z:
+        import json as _json
+        key = _json.loads(str(z["key"]))
+        n = z["logits"].shape[0]
+    assert load_teacher_logits(first, key, n) is not None
+    assert load_teacher_logits(first, dict(key, teacher_weights_sha256=read_metakd_info(other)["weights_sha256"] + "x"), n) is None
+    assert load_teacher_logits(first, dict(key, data="0" * 16), n) is None
+    assert load_teacher_logits(first, key, n + 1) is None
