@@ -24,15 +24,11 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=Formatter)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse turns the error into a usage message, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def check_batch_size(a: argparse.Namespace) -> None:
+    """For the inference entry points (training checks it in TrainArgs.validate): one error line,
+    exit 2, as every other bad input (argparse's own type errors print the usage too)."""
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
 
 
 def add_common(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
@@ -42,7 +38,7 @@ def add_common(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
     g.add_argument("--compat", default="none", choices=["none", "easynlp"],
                    help="'easynlp' reproduces EasyNLP's numerics (design.md section 3) for side-by-side checks")
     g.add_argument("--max-seq-length", type=int, default=128, help="tokens per input, [CLS]/[SEP] included")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size, help="examples per step and process")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step and process")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
 

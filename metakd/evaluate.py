@@ -35,6 +35,7 @@ def build_parser():
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, read_metakd_info
     from metakd.evaluation import evaluate
     from metakd.fileio import write_json

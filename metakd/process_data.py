@@ -32,6 +32,7 @@ def build_parser():
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, load_backbone
     from metakd.data.senti import read_split_tsv, split_to_standard, write_standard_tsv
     from metakd.features import encode
