@@ -248,7 +248,7 @@ def main(argv=None) -> int:
         evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)
 
     role = "student_first" if a.stage == "first" else "student_second"
-    stage1_logits = cache.logits.copy() if a.stage == "first" and cache is not None else None
+    stage1_logits = cache.logits if a.stage == "first" and cache is not None else None  # close() keeps them
 
     def save(folder, results):
         info = student.metakd_info(role, proc.labels, proc.domains, a.task)

@@ -59,10 +59,11 @@ class Stage1TeacherCache:
     """Teacher targets for every row of ``data``; ``batch(idx, width)`` gives them for a batch."""
 
     def __init__(self, layout: CacheLayout, att: np.ndarray, hid: np.ndarray, domain: np.ndarray, logits: np.ndarray,
-                 where: str, spill: Optional[Path] = None):
+                 where: str, spill: Optional[Path] = None, shared: bool = False):
         self.layout, self.att, self.hid, self.domain, self.logits = layout, att, hid, domain, logits
-        self.where = where  # "memory" or "disk"
+        self.where = where  # "memory", "disk" or "a file shared by N processes"
         self._spill = spill
+        self._shared = shared  # the spill file belongs to all processes; rank 0 removes it
 
     @classmethod
     def build(cls, compute: Callable[[Dict[str, flow.Tensor]], Tuple[List[flow.Tensor], List[flow.Tensor], flow.Tensor, flow.Tensor]],
@@ -83,7 +84,7 @@ class Stage1TeacherCache:
             # The processes of one machine build one cache together, each computing its share of the
             # batches into a memory-mapped file they all map: the teacher runs once in all, and the
             # page cache holds one copy whatever NPROC is.
-            fits = rank() != 0 or shutil.disk_usage(_existing_parent(spill_dir)).free > size + (1 << 30)
+            fits = rank() != 0 or _has_room(spill_dir, size)
             if all_reduce_sum_numpy(np.array([0.0 if fits else 1.0], dtype=np.float32), device)[0] > 0:
                 return None
             spill = Path(spill_dir)
@@ -100,7 +101,7 @@ class Stage1TeacherCache:
             att = np.empty(int(layout.att_offset[-1]), dtype=np.float32)
             hid = np.empty(int(layout.hid_offset[-1]), dtype=np.float32)
             where = "memory"
-        elif spill_dir is not None and shutil.disk_usage(_existing_parent(spill_dir)).free > size + (1 << 30):
+        elif spill_dir is not None and _has_room(spill_dir, size):
             spill = Path(spill_dir)
             spill.mkdir(parents=True, exist_ok=True)
             att = np.lib.format.open_memmap(spill / "attention.npy", mode="w+", dtype=np.float32, shape=(n_att,))
@@ -110,7 +111,9 @@ class Stage1TeacherCache:
             return None
         domain = np.zeros((len(data), hidden), dtype=np.float32)
         logits = np.zeros((len(data), num_labels), dtype=np.float32)
-        batches = shard(inference_batches(data.lengths, batch_size)) if shared else inference_batches(data.lengths, batch_size)
+        batches = inference_batches(data.lengths, batch_size)
+        if shared:
+            batches = shard(batches)
         with flow.no_grad():
             for idx in tqdm(batches, desc="teacher targets",
                             disable=None if progress else True, leave=False):
@@ -131,7 +134,7 @@ class Stage1TeacherCache:
             domain = all_reduce_sum_numpy(domain, device)
             logits = all_reduce_sum_numpy(logits, device)
             barrier()  # every share is in the file before anyone reads it
-        return cls(layout, att, hid, domain, logits, where, spill)
+        return cls(layout, att, hid, domain, logits, where, spill, shared)
 
     def batch(self, idx: np.ndarray, width: int, device) -> Tuple[List[flow.Tensor], List[flow.Tensor], flow.Tensor, flow.Tensor]:
         """The targets of rows ``idx`` padded (with zeros) to ``width`` tokens, as tensors on ``device``."""
@@ -150,8 +153,13 @@ class Stage1TeacherCache:
         """Drop the arrays and any spill files (a process still mapping a shared file keeps reading
         it: Linux frees an unlinked file only when its last mapping goes)."""
         self.att = self.hid = None
-        if self._spill is not None and (rank() == 0 or not self.where.startswith("a file shared")):
+        if self._spill is not None and (rank() == 0 or not self._shared):
             shutil.rmtree(self._spill, ignore_errors=True)
+
+
+def _has_room(spill_dir: Path, size: int) -> bool:
+    """The disk under ``spill_dir`` holds ``size`` bytes with 1 GiB to spare."""
+    return shutil.disk_usage(_existing_parent(spill_dir)).free > size + (1 << 30)
 
 
 def _existing_parent(path: Path) -> Path:
