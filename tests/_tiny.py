@@ -61,6 +61,21 @@ def copy_data(dest: Path) -> Path:
     return dest
 
 
+def random_encoded(n: int, length: int, vocab: int, num_domains: int = 3, seed: int = 0):
+    """An ``Encoded`` split of ``n`` random rows, 2..``length`` real tokens each (ids 5..vocab-1)."""
+    import numpy as np
+
+    from metakd.features import Encoded
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, length + 1, size=n)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+    return Encoded(input_ids=rng.integers(5, vocab, size=(n, length)) * mask, attention_mask=mask,
+                   token_type_ids=np.zeros((n, length), np.int64), labels=rng.integers(0, 2, n),
+                   domains=rng.integers(0, num_domains, n), weights=rng.uniform(size=n).astype(np.float32),
+                   guids=[str(i) for i in range(n)])
+
+
 def env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", GLOG_minloglevel="2")
 

@@ -7,26 +7,18 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from _tiny import SEQ, make_checkpoint, run_cli, tiny
+from _tiny import SEQ, make_checkpoint, random_encoded, run_cli, tiny
 from conftest import tiny_config
 
 
 def _teacher_and_data():
-    from metakd.features import Encoded
     from metakd.meta_model import MetaBert
     from metakd.runtime import flow
 
     flow.manual_seed(3)
     model = MetaBert(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), num_labels=2, num_domains=3)
     model.eval()
-    rng = np.random.default_rng(0)
-    n, L = 11, 12
-    lengths = rng.integers(2, L + 1, size=n)
-    mask = (np.arange(L)[None] < lengths[:, None]).astype(np.int64)
-    enc = Encoded(input_ids=rng.integers(5, 50, size=(n, L)) * mask, attention_mask=mask,
-                  token_type_ids=np.zeros((n, L), np.int64), labels=rng.integers(0, 2, n), domains=rng.integers(0, 3, n),
-                  weights=rng.uniform(size=n).astype(np.float32), guids=[str(i) for i in range(n)])
-    return model, enc
+    return model, random_encoded(11, 12, vocab=50)
 
 
 def _targets(model):

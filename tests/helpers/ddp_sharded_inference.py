@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for _tiny
+from _tiny import random_encoded  # noqa: E402
+
 from metakd.evaluation import predict_logits
-from metakd.features import Encoded, to_tensors
+from metakd.features import to_tensors
 from metakd.meta_model import MetaBert
 from metakd.modeling import BertConfig
 from metakd.prototypes import mean_embeddings
@@ -20,13 +23,9 @@ cfg = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=3, num_attenti
                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 model = MetaBert(cfg, num_labels=2, num_domains=3)
 model.eval()
-rng = np.random.default_rng(0)
 n, L = 23, 12
-lengths = rng.integers(2, L + 1, size=n)
-mask = (np.arange(L)[None] < lengths[:, None]).astype(np.int64)
-enc = Encoded(input_ids=rng.integers(5, 60, size=(n, L)) * mask, attention_mask=mask,
-              token_type_ids=np.zeros((n, L), np.int64), labels=rng.integers(0, 2, n), domains=rng.integers(0, 3, n),
-              weights=rng.uniform(size=n).astype(np.float32), guids=[str(i) for i in range(n)])
+enc = random_encoded(n, L, vocab=60)
+lengths = enc.lengths
 cpu = flow.device("cpu")
 
 
