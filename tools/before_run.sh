@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The "before" of docs/results.md: the real one-genre run (as tools/real_run.sh) on the naive path,
+# the pipeline with none of the speed work of issue #5. That is commit 228d8e8 (the last before the
+# speed commits) with tools/naive_path.patch, which takes out what the first code already had
+# (the matmul LayerNorm, trimmed batches, length-bucketed inference, stage 2's cached teacher
+# logits): OneFlow's own LayerNorm, every batch padded to 128, the frozen teacher run at every
+# distillation step, one process.
+#
+# It is about three hours of one core, and OneFlow's CPU kernels use one thread, so it runs as two
+# chains side by side, one per core:
+#   a: 1_get_data, 2_process_data, 3_train_teacher   (its own data and meta-teacher)
+#   b: 4_student_first, 5_student_second, 6_eval     (from an after-run's data and meta-teacher, so
+#      that both students learn from the same teacher)
+# then evaluates chain a's teacher (with chain b's student) on the test split. Each script's wall
+# time and peak RSS go to $OUT/{a,b}/out/stage_times.tsv; before_after.py --full reads them.
+#
+#   AFTER_OUT=out/real2 AFTER_DATA=data/SENTI bash tools/before_run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+BEFORE_COMMIT="${BEFORE_COMMIT:-228d8e8}"
+AFTER_OUT="${AFTER_OUT:?set AFTER_OUT to a finished tools/real_run.sh OUT_DIR (chain b distils its meta_teacher)}"
+AFTER_DATA="${AFTER_DATA:-data/SENTI}"
+OUT="${OUT:-out/before}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+SHARED="$(cd "${SHARED:-../shared}" && pwd)"
+export METAKD_PYTHON="${METAKD_PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$METAKD_PYTHON" ] || bash tools/setup_env.sh
+[ -f "$AFTER_OUT/meta_teacher/model.safetensors" ] || { echo "error: no meta-teacher in $AFTER_OUT; run tools/real_run.sh first" >&2; exit 2; }
+[ -f "$AFTER_DATA/train_with_weights.tsv" ] || { echo "error: no processed data in $AFTER_DATA; run tools/real_run.sh first" >&2; exit 2; }
+
+export SOURCE="$SHARED/data/amazon_multidomain/sorted_data_acl"
+export TEACHER_MODEL="$SHARED/models/all-MiniLM-L6-v2" STUDENT_MODEL="$SHARED/models/paraphrase-MiniLM-L3-v2"
+export DATA_DIR=data/SENTI OUT_DIR=out GENRE=books DEVICE=cpu
+export TEACHER_EPOCHS=1 STAGE1_EPOCHS=3 STAGE2_EPOCHS=3 EVAL_EVERY=100
+
+for chain in a b; do
+  tree="$OUT/$chain"
+  [ -d "$tree" ] && { echo "error: $tree exists; remove it (git worktree remove --force $tree) to run again" >&2; exit 2; }
+  git worktree add -q --detach "$tree" "$BEFORE_COMMIT"
+  git -C "$tree" apply "$ROOT/tools/naive_path.patch"
+done
+mkdir -p "$OUT/b/data" "$OUT/b/out"
+cp -r "$AFTER_DATA" "$OUT/b/data/SENTI"
+cp -r "$AFTER_OUT/meta_teacher" "$OUT/b/out/meta_teacher"
+
+chain() {  # chain DIR SCRIPT...: each numbered script under /usr/bin/time
+  local dir="$1"; shift
+  cd "$dir"
+  printf 'script\twall_s\tpeak_rss_mb\n' > out/stage_times.tsv
+  for step in "$@"; do
+    echo "== $dir $step.sh $(date +%T)"
+    /usr/bin/time -f "%e %M" -o "out/.time" bash "./$step.sh"
+    read -r wall rss < out/.time
+    printf '%s\t%s\t%s\n' "$step.sh" "$wall" "$((rss / 1024))" >> out/stage_times.tsv
+    echo "== $dir $step.sh: ${wall} s, peak RSS $((rss / 1024)) MB"
+  done
+  rm -f out/.time
+}
+mkdir -p "$OUT/a/out"
+(chain "$OUT/a" 1_get_data 2_process_data 3_train_teacher > "$OUT/a.log" 2>&1) & pa=$!
+(chain "$OUT/b" 4_student_first 5_student_second 6_eval > "$OUT/b.log" 2>&1) & pb=$!
+wait "$pa"; wait "$pb"
+# chain a has no student of its own: its teacher is evaluated beside chain b's student
+(cd "$OUT/a" && PYTHONPATH=. GLOG_minloglevel=2 "$METAKD_PYTHON" -m metakd.evaluate --genre books --data-dir data/SENTI \
+  --out-root out --student "$OUT/b/out/books/meta_student_finetune" --device cpu)
+cat "$OUT"/{a,b}/out/stage_times.tsv
