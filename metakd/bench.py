@@ -733,11 +733,14 @@ def _main(argv=None) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
+    from metakd import modeling
+
     meta = {
         "pair": a.pair, "teacher": teacher.describe(), "student": student.describe(), "device": str(device),
         "batch_size": a.batch_size, "infer_batch_size": a.infer_batch_size or a.batch_size, "seq_length": a.seq_length,
         "lengths": a.lengths, "warmup": a.warmup, "iters": a.iters, "isolated": a.isolate,
         "oneflow": flow.__version__, "python": platform.python_version(), "host": platform.node(),
+        "cpu_matmul": modeling._CPU_MATMUL, "layernorm": "oneflow" if modeling._NATIVE_LAYERNORM else "matmul",
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timing": "mean wall time per step after a full OneFlow sync; synthetic token ids",

@@ -143,6 +143,48 @@ class LayerNorm(nn.Module):
         return xc * flow.matmul(rstd, row) * self.weight + self.bias
 
 
+# On CPU, BERT's dense layers multiply in numpy's BLAS (OpenBLAS): OneFlow 0.9's CPU GEMM runs at
+# about 40% of OpenBLAS's one-thread speed on these shapes. The same function up to float
+# rounding, at the cost of a host sync per layer (numpy reads the tensors). Under the launcher
+# each process gets OMP_NUM_THREADS=1, which OpenBLAS follows; one process uses every core.
+# METAKD_CPU_MATMUL=oneflow (benchmarks) keeps OneFlow's own matmul.
+_CPU_MATMUL = os.environ.get("METAKD_CPU_MATMUL", "blas")
+# Below this many multiply-adds a product is cheaper in OneFlow than a host sync (tiny models).
+_BLAS_MIN_MACS = 1 << 22
+
+
+class _BlasLinear(flow.autograd.Function):
+    """y = x W^T + b with numpy's matmul; x [..., in], W [out, in], b [out] -> [..., out]."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        shape = tuple(x.shape)
+        y = x.numpy().reshape(-1, shape[-1]) @ weight.numpy().T
+        y += bias.numpy()
+        return flow.from_numpy(y.reshape(*shape[:-1], y.shape[-1]))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        shape = tuple(x.shape)
+        g = grad.numpy().reshape(-1, grad.shape[-1])
+        grad_x = (g @ weight.numpy()).reshape(shape)
+        grad_w = g.T @ x.numpy().reshape(-1, shape[-1])
+        return flow.from_numpy(grad_x), flow.from_numpy(grad_w), flow.from_numpy(g.sum(axis=0))
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and names) whose products run in numpy's BLAS on CPU
+    (``_BlasLinear``), unless ``METAKD_CPU_MATMUL=oneflow``."""
+
+    def forward(self, x: flow.Tensor) -> flow.Tensor:
+        if (_CPU_MATMUL == "blas" and not x.is_cuda and self.bias is not None
+                and x.numel() * self.out_features >= _BLAS_MIN_MACS):
+            return _BlasLinear.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class Unpadding:
     """Where the real tokens of a padded [B,L] batch sit when packed into [T,...] rows.
 
@@ -200,9 +242,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
     def _heads(self, x: flow.Tensor) -> flow.Tensor:
@@ -242,7 +284,7 @@ class BertSelfAttention(nn.Module):
 class BertSelfOutput(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -269,7 +311,7 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = _ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: flow.Tensor) -> flow.Tensor:
@@ -279,7 +321,7 @@ class BertIntermediate(nn.Module):
 class BertOutput(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -311,7 +353,7 @@ class BertEncoder(nn.Module):
 class BertPooler(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: flow.Tensor) -> flow.Tensor:
         """[B,L,H] -> tanh(W h_[CLS] + b) [B,H]."""

@@ -230,3 +230,45 @@ def test_unpadded_layers_give_the_same_real_outputs_and_gradients():
     # No padding: nothing to pack, the plain path runs.
     from metakd.modeling import Unpadding
     assert Unpadding.of(flow.ones(2, 3, dtype=flow.int64)) is None
+
+
+def test_blas_linear_matches_formula():
+    """_BlasLinear (METAKD_CPU_MATMUL=blas) against y = x W^T + b and its gradients written out."""
+    from metakd.modeling import _BlasLinear
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    w = rng.normal(size=(4, 5)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    g = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    xt, wt, bt = (flow.tensor(a, requires_grad=True) for a in (x, w, b))
+    y = _BlasLinear.apply(xt, wt, bt)
+    (y * flow.tensor(g)).sum().backward()
+    np.testing.assert_allclose(y.numpy(), np.einsum("bti,oi->bto", x, w) + b, atol=1e-5)
+    np.testing.assert_allclose(xt.grad.numpy(), np.einsum("bto,oi->bti", g, w), atol=1e-5)
+    np.testing.assert_allclose(wt.grad.numpy(), np.einsum("bto,bti->oi", g, x), atol=1e-5)
+    np.testing.assert_allclose(bt.grad.numpy(), g.sum(axis=(0, 1)), atol=1e-5)
+
+
+def test_blas_matmul_bert_matches_oneflow_matmul(monkeypatch):
+    """The whole (unpadded) BERT with its dense layers in numpy's BLAS: same outputs and gradients."""
+    import metakd.modeling as modeling
+
+    flow.manual_seed(0)
+    model = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    rng = np.random.default_rng(4)
+    mask = (np.arange(9)[None] < np.array([[9], [4], [6]])).astype(np.int64)
+    ids = flow.tensor(rng.integers(5, 50, size=(3, 9)) * mask)
+    w_pool = flow.tensor(rng.normal(size=(3, 16)).astype(np.float32))
+    runs = []
+    for how in ("oneflow", "blas"):
+        monkeypatch.setattr(modeling, "_CPU_MATMUL", how)
+        monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)  # a tiny model's products are below the threshold
+        model.zero_grad()
+        out = model(ids, flow.tensor(mask), unpad=True)
+        (out.pooler_output * w_pool).sum().backward()
+        runs.append((out.pooler_output.numpy(), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], atol=1e-5)
+    assert runs[0][1].keys() == runs[1][1].keys() and len(runs[0][1]) > 20
+    for k in runs[0][1]:
+        np.testing.assert_allclose(runs[1][1][k], runs[0][1][k], atol=1e-5, rtol=1e-4, err_msg=k)
