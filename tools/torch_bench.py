@@ -84,6 +84,12 @@ def main() -> None:
     t_opt = torch.optim.AdamW(teacher.parameters(), lr=3e-5, eps=1e-6)
     s_opt = torch.optim.AdamW(student.parameters(), lr=3e-5, eps=1e-6)
 
+    def update(model, opt, loss):  # backward, clip, AdamW: the tail of every train step
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
     def embed():
         teacher.eval()
         ids, mask, doms, _ = batch(IB)
@@ -96,10 +102,7 @@ def main() -> None:
         _, logits, rep = teacher(ids, mask, doms)
         dom_logits = teacher.domain_classifier(F.dropout(torch.tanh(rep), 0.1, training=True))
         loss = F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(dom_logits, doms[torch.randperm(B)])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
-        t_opt.step()
-        t_opt.zero_grad()
+        update(teacher, t_opt, loss)
 
     def stage1_step():
         teacher.eval()
@@ -112,10 +115,7 @@ def main() -> None:
         att = sum(F.mse_loss(s_out.attentions[j], t_out.attentions[2 * j + 1]) for j in range(3))
         rep = sum(F.mse_loss(student.fit_dense(s_out.hidden_states[j]), t_out.hidden_states[2 * j]) for j in range(4))
         loss = (att + rep + 0.5 * F.mse_loss(student.fit_dense(s_dom), t_dom)) * w.mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        s_opt.step()
-        s_opt.zero_grad()
+        update(student, s_opt, loss)
 
     def stage2_step():
         teacher.eval()
@@ -125,10 +125,7 @@ def main() -> None:
             _, t_logits, _ = teacher(ids, mask, doms)
         _, s_logits, _ = student(ids, mask, doms)
         loss = -(F.softmax(t_logits / 2, -1) * F.log_softmax(s_logits / 2, -1)).sum(-1).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        s_opt.step()
-        s_opt.zero_grad()
+        update(student, s_opt, loss)
 
     def evaluate():
         student.eval()
