@@ -81,3 +81,19 @@ def test_before_run_unfinished(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "before_after.py"), "--run", str(tmp_path / "after"),
                         "--before-run", str(tmp_path / "before")], capture_output=True, text=True)
     assert r.returncode == 2 and "is tools/before_run.sh finished?" in r.stderr
+
+
+def test_real_run_times_the_chosen_scripts_of_another_checkout(tmp_path):
+    """tools/real_run.sh with REPO/FROM/TO (how tools/before_run.sh runs its chains): only scripts
+    FROM..TO, the other checkout's own, each timed into OUT_DIR/stage_times.tsv there."""
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    for s in SCRIPTS:
+        (repo / s).write_text(f'echo "{s} $DATA_DIR $(basename "$SOURCE")" >> ran.txt\n')
+    env = {"PATH": "/usr/bin:/bin", "REPO": str(repo), "OUT_DIR": "out", "FROM": "2", "TO": "3"}
+    r = subprocess.run(["bash", str(ROOT / "tools" / "real_run.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (repo / "ran.txt").read_text().splitlines() == [
+        "2_process_data.sh data/SENTI sorted_data_acl", "3_train_teacher.sh data/SENTI sorted_data_acl"]
+    rows = (repo / "out" / "stage_times.tsv").read_text().splitlines()
+    assert rows[0] == "script\twall_s\tpeak_rss_mb" and [r.split("\t")[0] for r in rows[1:]] == SCRIPTS[1:3]

@@ -12,7 +12,7 @@
 #   b: 4_student_first, 5_student_second, 6_eval     (from an after-run's data and meta-teacher, so
 #      that both students learn from the same teacher)
 # then evaluates chain a's teacher (with chain b's student) on the test split. Each script's wall
-# time and peak RSS go to $OUT/{a,b}/out/stage_times.tsv; before_after.py --full reads them.
+# time and peak RSS go to $OUT/{a,b}/out/stage_times.tsv; before_after.py --before-run reads them.
 #
 #   AFTER_OUT=out/real2 AFTER_DATA=data/SENTI bash tools/before_run.sh
 set -euo pipefail
@@ -23,16 +23,10 @@ AFTER_OUT="${AFTER_OUT:?set AFTER_OUT to a finished tools/real_run.sh OUT_DIR (c
 AFTER_DATA="${AFTER_DATA:-data/SENTI}"
 OUT="${OUT:-out/before}"
 mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
-SHARED="$(cd "${SHARED:-../shared}" && pwd)"
 export METAKD_PYTHON="${METAKD_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$METAKD_PYTHON" ] || bash tools/setup_env.sh
 [ -f "$AFTER_OUT/meta_teacher/model.safetensors" ] || { echo "error: no meta-teacher in $AFTER_OUT; run tools/real_run.sh first" >&2; exit 2; }
 [ -f "$AFTER_DATA/train_with_weights.tsv" ] || { echo "error: no processed data in $AFTER_DATA; run tools/real_run.sh first" >&2; exit 2; }
-
-export SOURCE="$SHARED/data/amazon_multidomain/sorted_data_acl"
-export TEACHER_MODEL="$SHARED/models/all-MiniLM-L6-v2" STUDENT_MODEL="$SHARED/models/paraphrase-MiniLM-L3-v2"
-export DATA_DIR=data/SENTI OUT_DIR=out GENRE=books DEVICE=cpu
-export TEACHER_EPOCHS=1 STAGE1_EPOCHS=3 STAGE2_EPOCHS=3 EVAL_EVERY=100
 
 for chain in a b; do
   tree="$OUT/$chain"
@@ -44,22 +38,9 @@ mkdir -p "$OUT/b/data" "$OUT/b/out"
 cp -r "$AFTER_DATA" "$OUT/b/data/SENTI"
 cp -r "$AFTER_OUT/meta_teacher" "$OUT/b/out/meta_teacher"
 
-chain() {  # chain DIR SCRIPT...: each numbered script under /usr/bin/time
-  local dir="$1"; shift
-  cd "$dir"
-  printf 'script\twall_s\tpeak_rss_mb\n' > out/stage_times.tsv
-  for step in "$@"; do
-    echo "== $dir $step.sh $(date +%T)"
-    /usr/bin/time -f "%e %M" -o "out/.time" bash "./$step.sh"
-    read -r wall rss < out/.time
-    printf '%s\t%s\t%s\n' "$step.sh" "$wall" "$((rss / 1024))" >> out/stage_times.tsv
-    echo "== $dir $step.sh: ${wall} s, peak RSS $((rss / 1024)) MB"
-  done
-  rm -f out/.time
-}
-mkdir -p "$OUT/a/out"
-(chain "$OUT/a" 1_get_data 2_process_data 3_train_teacher > "$OUT/a.log" 2>&1) & pa=$!
-(chain "$OUT/b" 4_student_first 5_student_second 6_eval > "$OUT/b.log" 2>&1) & pb=$!
+# tools/real_run.sh (today's, with its variables) runs each chain's scripts in its worktree, timed.
+(REPO="$OUT/a" OUT_DIR=out FROM=1 TO=3 bash tools/real_run.sh > "$OUT/a.log" 2>&1) & pa=$!
+(REPO="$OUT/b" OUT_DIR=out FROM=4 TO=6 bash tools/real_run.sh > "$OUT/b.log" 2>&1) & pb=$!
 wait "$pa"; wait "$pb"
 # chain a has no student of its own: its teacher is evaluated beside chain b's student
 (cd "$OUT/a" && PYTHONPATH=. GLOG_minloglevel=2 "$METAKD_PYTHON" -m metakd.evaluate --genre books --data-dir data/SENTI \

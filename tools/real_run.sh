@@ -2,9 +2,11 @@
 # The real one-genre run of docs/results.md: the real reviews and the ../shared/models pair on CPU,
 # each numbered script timed (wall seconds and peak RSS). Variables as in the numbered scripts;
 # epochs reduced from the paper's (1/10/10) to 1/3/3 to fit a 2-core session.
+# FROM/TO pick the scripts; REPO runs another checkout's numbered scripts (tools/before_run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARED:-../shared}"
+SHARED="$(realpath -m "${SHARED:-../shared}")"  # absolute, as REPO may lie elsewhere
+cd "${REPO:-.}"
 export SOURCE="${SOURCE:-$SHARED/data/amazon_multidomain/sorted_data_acl}"
 export TEACHER_MODEL="${TEACHER_MODEL:-$SHARED/models/all-MiniLM-L6-v2}"
 export STUDENT_MODEL="${STUDENT_MODEL:-$SHARED/models/paraphrase-MiniLM-L3-v2}"
@@ -13,10 +15,11 @@ export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}"
 export EVAL_EVERY="${EVAL_EVERY:-100}"
 TIMES="${TIMES:-$OUT_DIR/stage_times.tsv}"
 FROM="${FROM:-1}"   # first script to run (e.g. FROM=4 to continue after the teacher)
+TO="${TO:-6}"       # last script to run
 mkdir -p "$OUT_DIR"
 [ "$FROM" != 1 ] && [ -f "$TIMES" ] || printf 'script\twall_s\tpeak_rss_mb\n' > "$TIMES"
 for step in 1_get_data 2_process_data 3_train_teacher 4_student_first 5_student_second 6_eval; do
-  [ "${step%%_*}" -ge "$FROM" ] || continue
+  [ "${step%%_*}" -ge "$FROM" ] && [ "${step%%_*}" -le "$TO" ] || continue
   echo "== $step.sh"
   /usr/bin/time -f "%e %M" -o "$OUT_DIR/.time" bash "./$step.sh"
   read -r wall rss < "$OUT_DIR/.time"
