@@ -336,16 +336,18 @@ def _optimizer(model, total_steps: int):
 def _trainer_step(model, optimizer, scheduler, step_loss: Callable[[], tuple], ph: Phases) -> None:
     """The body of Trainer.fit for one step (loss read before backward, clip, step, schedule)."""
     from metakd.runtime import flow
+    from metakd.trainer import fill_missing_grads
 
     loss, logs = step_loss()
     float(loss.numpy())  # the trainer's non-finite check reads the loss here
     ph.mark("loss to host")
     loss.backward()
+    fill_missing_grads(model.parameters())
     ph.mark("backward")
     flow.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
     optimizer.step()
     scheduler.step()
-    optimizer.zero_grad()
+    optimizer.zero_grad(set_to_none=True)
     ph.mark("clip + AdamW + schedule")
     for v in logs.values():
         float(v.numpy())

@@ -103,25 +103,45 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> List[np.ndarray]:
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                  lengths: Optional[np.ndarray] = None) -> List[np.ndarray]:
     """Index batches of one epoch for process ``rank`` of ``world_size``.
 
     The global batch is ``batch_size * world_size`` consecutive examples of the epoch's order,
     split evenly across processes; the last, smaller global batch is kept (never dropped), and
     every process gets the same number of steps (short ranks reuse their batch's first rows so
     the collective all-reduce never waits on a missing step).
+
+    ``lengths`` (real tokens per example): the global batch is split so that every process gets
+    about as many tokens (longest first, each to the least loaded process with room), instead of
+    in order. The gradient is the same (each global batch is the same set, each process still
+    holds its share of the examples); a step waits for its slowest process, so this cuts the wait.
     """
     order = epoch_order(n, seed, epoch)
     global_bs = batch_size * world_size
     batches = []
     for start in range(0, n, global_bs):
         chunk = order[start:start + global_bs]
-        parts = np.array_split(chunk, world_size)
-        part = parts[rank]
+        if lengths is not None and world_size > 1:
+            part = _balanced_split(chunk, lengths, world_size)[rank]
+        else:
+            part = np.array_split(chunk, world_size)[rank]
         if len(part) == 0:
             part = chunk[:1]
         batches.append(part)
     return batches
+
+
+def _balanced_split(chunk: np.ndarray, lengths: np.ndarray, parts: int) -> List[np.ndarray]:
+    """``chunk`` in ``parts`` of ``np.array_split``'s sizes with near-equal sums of ``lengths``;
+    each part keeps the chunk's order."""
+    sizes = [len(p) for p in np.array_split(chunk, parts)]
+    load, members = [0] * parts, [[] for _ in range(parts)]
+    for pos in np.argsort(-np.asarray(lengths)[chunk], kind="stable"):
+        r = min((r for r in range(parts) if len(members[r]) < sizes[r]), key=lambda r: (load[r], r))
+        members[r].append(pos)
+        load[r] += int(lengths[chunk[pos]])
+    return [chunk[np.sort(np.array(m, dtype=np.int64))] for m in members]
 
 
 def inference_batches(lengths: np.ndarray, batch_size: int) -> List[np.ndarray]:

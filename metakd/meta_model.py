@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from metakd.checkpoint import LoadReport, assign_state_dict, load_backbone, read_config, read_metakd_info, read_state_dict
 from metakd.errors import UserError
-from metakd.modeling import BertConfig, BertModel, BertModelOutput, init_bert_weights
+from metakd.modeling import BertConfig, BertModel, BertModelOutput, Dropout, init_bert_weights
 from metakd.runtime import flow
 
 nn = flow.nn
@@ -81,7 +81,7 @@ class MetaBert(nn.Module):
         self.fit_size = fit_size
         self.backbone = BertModel(config)
         self.classifier = nn.Linear(h, num_labels)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.domain_embedding = nn.Embedding(num_domains, h)
         self.corrupt_dense = nn.Linear(h, h)
         self.domain_classifier = nn.Linear(h, num_domains)

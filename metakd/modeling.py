@@ -20,6 +20,8 @@ import os
 
 import dataclasses
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -153,36 +155,244 @@ _CPU_MATMUL = os.environ.get("METAKD_CPU_MATMUL", "blas")
 _BLAS_MIN_MACS = 1 << 22
 
 
+def _linear_forward(x: flow.Tensor, weight: flow.Tensor, bias: flow.Tensor) -> np.ndarray:
+    """x [..., in] -> x W^T + b as [N, out] numpy."""
+    y = x.numpy().reshape(-1, x.shape[-1]) @ weight.numpy().T
+    y += bias.numpy()
+    return y
+
+
+def _linear_backward(g: np.ndarray, x: flow.Tensor, weight: flow.Tensor):
+    """Gradients of y = x W^T + b for g = dL/dy as [N,out]: (dx like x, dW, db) as tensors."""
+    shape = tuple(x.shape)
+    grad_x = (g @ weight.numpy()).reshape(shape)
+    grad_w = g.T @ x.numpy().reshape(-1, shape[-1])
+    return flow.from_numpy(grad_x), flow.from_numpy(grad_w), flow.from_numpy(g.sum(axis=0))
+
+
 class _BlasLinear(flow.autograd.Function):
     """y = x W^T + b with numpy's matmul; x [..., in], W [out, in], b [out] -> [..., out]."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        shape = tuple(x.shape)
-        y = x.numpy().reshape(-1, shape[-1]) @ weight.numpy().T
-        y += bias.numpy()
-        return flow.from_numpy(y.reshape(*shape[:-1], y.shape[-1]))
+        y = _linear_forward(x, weight, bias)
+        return flow.from_numpy(y.reshape(*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        shape = tuple(x.shape)
-        g = grad.numpy().reshape(-1, grad.shape[-1])
-        grad_x = (g @ weight.numpy()).reshape(shape)
-        grad_w = g.T @ x.numpy().reshape(-1, shape[-1])
-        return flow.from_numpy(grad_x), flow.from_numpy(grad_w), flow.from_numpy(g.sum(axis=0))
+        return _linear_backward(grad.numpy().reshape(-1, grad.shape[-1]), x, weight)
+
+
+# erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2), z >= 0: Numerical Recipes' erfcc, fractional
+# error below 1.2e-7 everywhere (float32 rounds at 6e-8), so the GELU below is the erf form to
+# float rounding (OneFlow's own kernel is as far from a float64 reference). P's coefficients
+# from t^0 up.
+_ERFC_POLY = [np.float32(c) for c in (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+                                      -1.13520398, 1.48851587, -0.82215223, 0.17087277)]
+_GELU_CHUNK = 1 << 17  # elements per block, so that the temporaries stay in cache
+
+
+def _gelu_block(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> None:
+    """y = x Phi(x) and dy = Phi(x) + x phi(x), its derivative; float32, written in place."""
+    z = np.abs(x)
+    z *= np.float32(1.0 / math.sqrt(2.0))
+    t = z * np.float32(0.5)
+    t += np.float32(1.0)
+    np.reciprocal(t, out=t)
+    p = t * _ERFC_POLY[-1]
+    for c in _ERFC_POLY[-2:0:-1]:
+        p += c
+        p *= t
+    p += _ERFC_POLY[0]
+    z *= z                                   # x^2 / 2
+    p -= z
+    np.exp(p, out=p)
+    p *= t
+    p *= np.float32(0.5)                     # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
+    cdf = np.where(x >= 0, np.float32(1.0) - p, p)
+    np.multiply(x, cdf, out=y)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    z *= np.float32(1.0 / math.sqrt(2.0 * math.pi))   # phi(x)
+    z *= x
+    np.add(cdf, z, out=dy)
+
+
+def _gelu_numpy(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """GELU (erf form) of float32 x and its derivative."""
+    flat = x.reshape(-1)
+    y, dy = np.empty_like(flat), np.empty_like(flat)
+    for i in range(0, flat.size, _GELU_CHUNK):
+        _gelu_block(flat[i:i + _GELU_CHUNK], y[i:i + _GELU_CHUNK], dy[i:i + _GELU_CHUNK])
+    return y.reshape(x.shape), dy.reshape(x.shape)
+
+
+class _BlasLinearGelu(flow.autograd.Function):
+    """y = GELU(x W^T + b), the feed-forward's first half, in numpy. It saves GELU's derivative
+    rather than its input, so the backward is one product ahead of the dense layer's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        y, dy = _gelu_numpy(_linear_forward(x, weight, bias))
+        ctx.save_for_backward(x, weight, flow.from_numpy(dy))
+        return flow.from_numpy(y.reshape(*x.shape[:-1], y.shape[-1]))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, dy = ctx.saved_tensors
+        return _linear_backward(grad.numpy().reshape(-1, grad.shape[-1]) * dy.numpy(), x, weight)
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and names) whose products run in numpy's BLAS on CPU
     (``_BlasLinear``), unless ``METAKD_CPU_MATMUL=oneflow``."""
 
+    def uses_blas(self, x: flow.Tensor) -> bool:
+        return (_CPU_MATMUL == "blas" and not x.is_cuda and self.bias is not None
+                and x.numel() * self.out_features >= _BLAS_MIN_MACS)
+
     def forward(self, x: flow.Tensor) -> flow.Tensor:
-        if (_CPU_MATMUL == "blas" and not x.is_cuda and self.bias is not None
-                and x.numel() * self.out_features >= _BLAS_MIN_MACS):
+        if self.uses_blas(x):
             return _BlasLinear.apply(x, self.weight, self.bias)
         return super().forward(x)
+
+
+class _NumpyRNG:
+    """A numpy generator that the trainer re-seeds every step, like OneFlow's (``manual_seed``)."""
+
+    _made = 0
+
+    def __init__(self):
+        _NumpyRNG._made += 1  # fixed, distinct seeds until the first re-seed: reproducible in one process
+        self.manual_seed(0x5EED + _NumpyRNG._made)
+
+    def manual_seed(self, seed: int) -> None:
+        self._rng = np.random.Generator(np.random.SFC64(seed))
+
+    def keep_scale(self, shape, p: float) -> np.ndarray:
+        """float32 mask of ``shape``: 1/(1-p) where kept (probability 1-p), else 0."""
+        u = self._rng.random(shape, dtype=np.float32)
+        return np.multiply(u >= p, np.float32(1.0 / (1.0 - p)), dtype=np.float32)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose masks are drawn by numpy on CPU (OneFlow 0.9's CPU dropout is about 4x
+    slower); the same distribution, other draws. ``numpy_generator`` is re-seeded by the trainer."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.numpy_generator = _NumpyRNG()
+
+    def uses_numpy(self, x: flow.Tensor) -> bool:
+        return self.training and self.p > 0 and not x.is_cuda and _CPU_MATMUL == "blas"
+
+    def keep_scale(self, shape) -> Optional[flow.Tensor]:
+        """The mask the numpy path multiplies by (None when dropout is off)."""
+        return flow.from_numpy(self.numpy_generator.keep_scale(tuple(shape), self.p)) if self.p > 0 and self.training else None
+
+    def forward(self, x: flow.Tensor) -> flow.Tensor:
+        if self.uses_numpy(x):
+            return x * self.keep_scale(x.shape)
+        return super().forward(x)
+
+
+def _blas_attention(heads: int, scale: float):
+    """The attention core for ``heads`` heads as one autograd Function in numpy's BLAS (Functions
+    take tensors only, so the constants live in the closure); cached per (heads, scale)."""
+    key = (heads, scale)
+    if key in _ATTENTION_FUNCTIONS:
+        return _ATTENTION_FUNCTIONS[key]
+    s32 = np.float32(scale)
+
+    def split(x: np.ndarray) -> np.ndarray:  # [B,L,H] -> [B,A,L,d], a view
+        b, l, h = x.shape
+        return x.reshape(b, l, heads, h // heads).transpose(0, 2, 1, 3)
+
+    def merge(x: np.ndarray) -> np.ndarray:  # [B,A,L,d] -> [B,L,H], a copy
+        b, a, l, d = x.shape
+        return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, l, a * d)
+
+    class _BlasAttention(flow.autograd.Function):
+        """q [B,Lq,H], k, v [B,L,H], additive_mask [B,1,1,L], keep [B,A,Lq,L] dropout scale (or [0]: none)
+        -> (context [B,Lq,H], scores [B,A,Lq,L] = q k^T * scale)."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, additive_mask, keep):
+            qh = split(q.numpy() * s32)
+            kh, vh = split(k.numpy()), split(v.numpy())
+            scores = qh @ kh.transpose(0, 1, 3, 2)
+            sm = scores + additive_mask.numpy()
+            sm -= sm.max(axis=-1, keepdims=True)
+            np.exp(sm, out=sm)
+            sm /= sm.sum(axis=-1, keepdims=True)
+            probs = sm * keep.numpy() if keep.numel() else sm
+            ctx.save_for_backward(q, k, v, flow.from_numpy(sm), keep)
+            return flow.from_numpy(merge(probs @ vh)), flow.from_numpy(scores)
+
+        @staticmethod
+        def backward(ctx, g_context, g_scores):
+            q, k, v, sm_t, keep = ctx.saved_tensors
+            qh = split(q.numpy() * s32)
+            kh, vh = split(k.numpy()), split(v.numpy())
+            sm = sm_t.numpy()
+            gh = split(g_context.numpy())
+            dropped = keep.numel() > 0
+            kp = keep.numpy() if dropped else None
+            probs = sm * kp if dropped else sm
+            g_v = merge(probs.transpose(0, 1, 3, 2) @ gh)
+            g_p = gh @ vh.transpose(0, 1, 3, 2)                      # d loss / d probs
+            if dropped:
+                g_p *= kp
+            g_z = (g_p * sm).sum(axis=-1, keepdims=True)             # softmax backward
+            np.subtract(g_p, g_z, out=g_p)
+            g_p *= sm
+            if g_scores is not None:
+                g_p += g_scores.numpy()
+            g_q = merge(g_p @ kh) * s32
+            g_k = merge(g_p.transpose(0, 1, 3, 2) @ qh)
+            return flow.from_numpy(g_q), flow.from_numpy(g_k), flow.from_numpy(g_v), None, None
+
+    _ATTENTION_FUNCTIONS[key] = _BlasAttention
+    return _BlasAttention
+
+
+_ATTENTION_FUNCTIONS: Dict[Tuple[int, float], Any] = {}
+
+
+class _NumpyEmbedding(flow.autograd.Function):
+    """weight [V,H], ids [...] int64 -> weight[ids] [...,H]. The gradient is built in numpy from
+    the rows looked up: OneFlow 0.9's CPU backward zero-fills and scatters into a dense [V,H]
+    table (~40 ms for BERT's 30522 words), while a fresh ``np.zeros`` leaves untouched pages
+    unwritten."""
+
+    @staticmethod
+    def forward(ctx, weight, ids):
+        ctx.save_for_backward(weight, ids)
+        return flow.from_numpy(weight.numpy()[ids.numpy()])
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, ids = ctx.saved_tensors
+        flat = ids.numpy().reshape(-1)
+        g = grad.numpy().reshape(flat.size, -1)
+        order = np.argsort(flat, kind="stable")
+        rows, starts = np.unique(flat[order], return_index=True)
+        out = np.zeros(tuple(weight.shape), dtype=g.dtype)
+        out[rows] = np.add.reduceat(g[order], starts, axis=0)
+        return flow.from_numpy(out), None
+
+
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` (same parameter) whose lookup and gradient run in numpy on CPU for large
+    tables (``_NumpyEmbedding``), unless ``METAKD_CPU_MATMUL=oneflow``."""
+
+    def forward(self, ids: flow.Tensor) -> flow.Tensor:
+        if (_CPU_MATMUL == "blas" and not ids.is_cuda and self.padding_idx is None
+                and self.weight.shape[0] * self.weight.shape[1] >= _BLAS_MIN_MACS):
+            return _NumpyEmbedding.apply(self.weight, ids)
+        return super().forward(ids)
 
 
 class Unpadding:
@@ -224,11 +434,11 @@ class Unpadding:
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: flow.Tensor, token_type_ids: flow.Tensor) -> flow.Tensor:
         """[B,L] ids -> [B,L,H]."""
@@ -245,37 +455,47 @@ class BertSelfAttention(nn.Module):
         self.query = Linear(config.hidden_size, config.hidden_size)
         self.key = Linear(config.hidden_size, config.hidden_size)
         self.value = Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def _heads(self, x: flow.Tensor) -> flow.Tensor:
         b, l, _ = x.shape
         return x.view(b, l, self.num_heads, self.head_size).permute(0, 2, 1, 3)  # [B,A,L,d]
 
     def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
-                unpad: Optional[Unpadding] = None):
+                unpad: Optional[Unpadding] = None, need_probs: bool = True):
         """x [B,L,H], additive_mask [B,1,1,L] -> (context [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]).
 
         ``scores`` = QK^T/sqrt(d) before the mask; ``probs`` = softmax(scores + mask) after
         attention dropout (what Hugging Face returns as ``attentions``). ``queries``: only the
         first Lq positions ask (all L are keys and values); default all. With ``unpad``, x and
         context are packed real tokens [T,H] ([B,H] for ``queries=1``: the [CLS] rows).
+        ``need_probs=False``: ``probs`` may be None (on CPU the core then runs in numpy's BLAS).
         """
         h = x.shape[-1]
         if unpad is None:
             xq = x if queries is None else x[:, :queries]
         else:
             xq = x if queries is None else flow.index_select(x, 0, unpad.first)
+        blas = not need_probs and not x.is_cuda and _CPU_MATMUL == "blas"
+        scale = 1.0 / math.sqrt(self.head_size)
         # Scaling q instead of the [L,L] scores is the same function and cheaper.
-        q = self.query(xq) * (1.0 / math.sqrt(self.head_size))
+        q = self.query(xq) if blas else self.query(xq) * scale
         k, v = self.key(x), self.value(x)
         if unpad is not None:
             q = unpad.pad(q) if queries is None else q.unsqueeze(1)
             k, v = unpad.pad(k), unpad.pad(v)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        scores = flow.matmul(q, k.transpose(-1, -2))
-        probs = self.dropout(F.softmax(scores + additive_mask, dim=-1))
-        b, lq = q.shape[0], q.shape[2]
-        context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, lq, h)
+        if blas:
+            keep = self.dropout.keep_scale((q.shape[0], self.num_heads, q.shape[1], k.shape[1]))
+            keep = keep if keep is not None else flow.zeros(0)
+            context, scores = _blas_attention(self.num_heads, scale).apply(q, k, v, additive_mask, keep)
+            probs = None
+            b, lq = q.shape[0], q.shape[1]
+        else:
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            scores = flow.matmul(q, k.transpose(-1, -2))
+            probs = self.dropout(F.softmax(scores + additive_mask, dim=-1))
+            b, lq = q.shape[0], q.shape[2]
+            context = flow.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, lq, h)
         if unpad is not None:
             context = unpad.pack(context) if queries is None else context.reshape(b, h)
         return context, scores, probs
@@ -286,7 +506,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: flow.Tensor, residual: flow.Tensor) -> flow.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -299,8 +519,8 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
-                unpad: Optional[Unpadding] = None):
-        context, scores, probs = self.self(x, additive_mask, queries, unpad)
+                unpad: Optional[Unpadding] = None, need_probs: bool = True):
+        context, scores, probs = self.self(x, additive_mask, queries, unpad, need_probs)
         if queries is None:
             residual = x
         else:
@@ -315,6 +535,8 @@ class BertIntermediate(nn.Module):
         self.act = _ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: flow.Tensor) -> flow.Tensor:
+        if self.act is _gelu and self.dense.uses_blas(x):
+            return _BlasLinearGelu.apply(x, self.dense.weight, self.dense.bias)
         return self.act(self.dense(x))
 
 
@@ -323,7 +545,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: flow.Tensor, residual: flow.Tensor) -> flow.Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -337,10 +559,10 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
-                unpad: Optional[Unpadding] = None):
+                unpad: Optional[Unpadding] = None, need_probs: bool = True):
         """x [B,L,H] -> (y [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]); Lq = ``queries`` or L.
-        With ``unpad``: x [T,H] -> y [T,H] ([B,H] for ``queries=1``)."""
-        a, scores, probs = self.attention(x, additive_mask, queries, unpad)
+        With ``unpad``: x [T,H] -> y [T,H] ([B,H] for ``queries=1``). ``need_probs=False``: probs may be None."""
+        a, scores, probs = self.attention(x, additive_mask, queries, unpad, need_probs)
         return self.output(self.intermediate(a), a), scores, probs
 
 
@@ -432,7 +654,7 @@ class BertModel(nn.Module):
         probs_all: List[flow.Tensor] = []
         last = len(self.encoder.layer) - 1
         for i, layer in enumerate(self.encoder.layer):
-            x, scores, probs = layer(x, additive_mask, 1 if cls_only and i == last else None, packing)
+            x, scores, probs = layer(x, additive_mask, 1 if cls_only and i == last else None, packing, output_attentions)
             hidden.append(x)
             scores_all.append(scores)
             probs_all.append(probs)

@@ -138,16 +138,18 @@ def _step_seed(seed: int, step: int) -> int:
 
 def dropout_generators(modules: Sequence) -> List:
     """The private RNGs of the dropout modules in ``modules`` (OneFlow gives every ``nn.Dropout``
-    its own generator, all with the same fixed seed), each once, in module order."""
+    its own generator, all with the same fixed seed; metakd's ``Dropout`` adds a numpy one for its
+    CPU masks), each once, in module order."""
     gens, seen = [], set()
     for module in modules:
         if module is None:
             continue
         for m in module.modules():
-            g = getattr(m, "generator", None)
-            if g is not None and hasattr(g, "manual_seed") and id(g) not in seen:
-                seen.add(id(g))
-                gens.append(g)
+            for attr in ("generator", "numpy_generator"):  # OneFlow's; metakd's numpy masks on CPU
+                g = getattr(m, attr, None)
+                if g is not None and hasattr(g, "manual_seed") and id(g) not in seen:
+                    seen.add(id(g))
+                    gens.append(g)
     return gens
 
 
@@ -158,6 +160,14 @@ def seed_step(seed: int, rank: int, step: int, generators: Sequence) -> None:
         seeds = np.random.SeedSequence([seed, rank, step, 1]).generate_state(len(generators), dtype=np.uint64)
         for g, value in zip(generators, seeds):
             g.manual_seed(int(value >> np.uint64(1)))
+
+
+def fill_missing_grads(parameters) -> None:
+    """A zero gradient for every trainable parameter the step did not reach, as if gradients had
+    been zeroed before it (AdamW still decays such a parameter and its moments)."""
+    for p in parameters:
+        if p.requires_grad and p.grad is None:
+            p.grad = flow.zeros_like(p)
 
 
 def data_fingerprint(data: Encoded) -> str:
@@ -211,7 +221,10 @@ class Trainer:
         self.token_tables = [m.weight for name, m in model.named_modules()
                              if name.split(".")[-1] == "word_embeddings" and m.weight.requires_grad]
         broadcast_parameters(model)
-        self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, self.rank, self.world_size))
+        # Each global batch is split across the processes by real tokens (train_batches).
+        self.lengths = np.asarray(data.attention_mask).sum(axis=1) if self.world_size > 1 else None
+        self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, self.rank, self.world_size,
+                                                 self.lengths))
         total = args.epochs * self.steps_per_epoch
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
         self.optimizer, self.scheduler = make_optimizer(model, args.lr, args.weight_decay, self.total_steps,
@@ -377,7 +390,8 @@ class Trainer:
                     break
                 if (epoch + 1) * self.steps_per_epoch <= p.global_step:
                     continue  # the whole epoch was done before the resume
-                batches = train_batches(len(self.data), args.batch_size, args.seed, epoch, self.rank, self.world_size)
+                batches = train_batches(len(self.data), args.batch_size, args.seed, epoch, self.rank, self.world_size,
+                                        self.lengths)
                 first = epoch * self.steps_per_epoch
                 for i, idx in enumerate(batches):
                     step = first + i
@@ -391,6 +405,7 @@ class Trainer:
                     if not math.isfinite(loss_value) and self.world_size == 1:
                         raise self._diverged("loss", loss_value, step)
                     loss.backward()
+                    fill_missing_grads(self.model.parameters())
                     # With several processes every one must reach the all-reduce; a non-finite loss
                     # on one of them makes the averaged gradient non-finite on all, so all stop below.
                     all_reduce_mean_grads(self.model.parameters(), {id(w): batch["input_ids"] for w in self.token_tables})
@@ -401,7 +416,10 @@ class Trainer:
                         raise self._diverged("gradient norm", grad_norm, step)
                     self.optimizer.step()
                     self.scheduler.step()
-                    self.optimizer.zero_grad()
+                    # None rather than zeros: the next backward then writes the gradients instead of adding
+                    # them to a zeroed copy (two passes over the model less); fill_missing_grads keeps
+                    # AdamW's treatment of a parameter that gets no gradient (zeros, not a skipped step).
+                    self.optimizer.zero_grad(set_to_none=True)
                     p.global_step = step + 1
                     p.train_seconds += time.perf_counter() - t0
                     p.samples_seen += len(idx) * self.world_size

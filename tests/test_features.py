@@ -174,9 +174,11 @@ def test_train_batches_single_process(n, bs):
     assert all(np.array_equal(x, y) for x, y in zip(batches, again))
 
 
+@pytest.mark.parametrize("balanced", [False, True])
 @pytest.mark.parametrize("n,bs,ws", [(24, 2, 3), (23, 2, 3), (17, 4, 2)])
-def test_train_batches_sharded_disjoint_and_covering(n, bs, ws):
-    per_rank = [train_batches(n, bs, seed=7, epoch=1, rank=r, world_size=ws) for r in range(ws)]
+def test_train_batches_sharded_disjoint_and_covering(n, bs, ws, balanced):
+    lengths = np.random.default_rng(n).integers(3, 128, size=n) if balanced else None
+    per_rank = [train_batches(n, bs, seed=7, epoch=1, rank=r, world_size=ws, lengths=lengths) for r in range(ws)]
     steps = -(-n // (bs * ws))
     assert all(len(b) == steps for b in per_rank)  # every rank takes the same number of steps
     order = epoch_order(n, 7, 1)
@@ -195,6 +197,28 @@ def test_train_batches_sharded_disjoint_and_covering(n, bs, ws):
     if all(len(per_rank[r][-1]) > 0 for r in range(ws)) and n % (bs * ws) == 0:
         allrows = np.concatenate([np.concatenate(b) for b in per_rank])
         assert sorted(allrows.tolist()) == list(range(n))
+
+
+def test_train_batches_balanced_by_tokens():
+    """With lengths, each global batch is split into array_split's sizes with near-equal token sums
+    (greedy longest-first: the gap is at most one example's length), in the chunk's order."""
+    rng = np.random.default_rng(0)
+    n, bs, ws = 640, 8, 2
+    lengths = rng.integers(10, 129, size=n)
+    per_rank = [train_batches(n, bs, seed=3, epoch=0, rank=r, world_size=ws, lengths=lengths) for r in range(ws)]
+    plain = [train_batches(n, bs, seed=3, epoch=0, rank=r, world_size=ws) for r in range(ws)]
+    order = epoch_order(n, 3, 0)
+    gap_balanced, gap_plain = [], []
+    for s in range(len(per_rank[0])):
+        parts = [per_rank[r][s] for r in range(ws)]
+        assert [len(p) for p in parts] == [len(p) for p in np.array_split(order[s * 16:(s + 1) * 16], ws)]
+        pos = {int(i): k for k, i in enumerate(order)}
+        assert all(list(p) == sorted(p, key=lambda i: pos[int(i)]) for p in parts)
+        loads = [int(lengths[p].sum()) for p in parts]
+        assert max(loads) - min(loads) <= lengths[np.concatenate(parts)].max()
+        gap_balanced.append(max(loads) - min(loads))
+        gap_plain.append(abs(int(lengths[plain[0][s]].sum()) - int(lengths[plain[1][s]].sum())))
+    assert np.mean(gap_balanced) < 0.25 * np.mean(gap_plain)
 
 
 def test_train_batches_short_rank_reuses_a_row():

@@ -272,3 +272,131 @@ def test_blas_matmul_bert_matches_oneflow_matmul(monkeypatch):
     assert runs[0][1].keys() == runs[1][1].keys() and len(runs[0][1]) > 20
     for k in runs[0][1]:
         np.testing.assert_allclose(runs[1][1][k], runs[0][1][k], atol=1e-5, rtol=1e-4, err_msg=k)
+
+
+def test_numpy_gelu_matches_erf_form_and_its_derivative():
+    """_gelu_numpy (the CPU feed-forward's GELU) against x Phi(x) with math.erf in float64, and its
+    derivative against Phi(x) + x phi(x) and a central difference."""
+    from metakd.modeling import _gelu_numpy
+
+    x = np.concatenate([np.linspace(-12, 12, 4001), np.random.default_rng(0).normal(scale=3, size=300_000)]).astype(np.float32)
+    y, dy = _gelu_numpy(x)
+    x64 = x.astype(np.float64)
+    erf = np.vectorize(math.erf)(x64 / math.sqrt(2.0))
+    ref = 0.5 * x64 * (1.0 + erf)
+    dref = 0.5 * (1.0 + erf) + x64 * np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
+    assert y.dtype == np.float32 and dy.dtype == np.float32
+    # float32 rounding of values up to |x|: a few 1e-7 relative to max(1, |x|)
+    assert np.max(np.abs(y - ref) / np.maximum(1.0, np.abs(x64))) < 5e-7
+    assert np.max(np.abs(dy - dref)) < 5e-7
+    h = 1e-4
+    g = lambda t: 0.5 * t * (1.0 + np.vectorize(math.erf)(t / math.sqrt(2.0)))
+    fd = (g(x64[:4001] + h) - g(x64[:4001] - h)) / (2 * h)
+    np.testing.assert_allclose(dy[:4001], fd, atol=1e-6)
+
+
+def test_blas_attention_matches_oneflow_autograd():
+    """The numpy attention core (mask, softmax, dropout mask, both products) against the same
+    function composed of OneFlow's own ops, forward and gradients, with a loss on the context and
+    on the pre-softmax scores (stage 1 distils those)."""
+    from metakd.modeling import _blas_attention
+
+    rng = np.random.default_rng(5)
+    b, lq, l, heads, d = 3, 6, 6, 4, 5
+    h, scale = heads * d, 1.0 / math.sqrt(d)
+    q, k, v = (rng.normal(size=(b, n, h)).astype(np.float32) for n in (lq, l, l))
+    lengths = np.array([6, 4, 2])
+    mask = ((np.arange(l)[None] >= lengths[:, None]) * -10000.0).astype(np.float32).reshape(b, 1, 1, l)
+    keep = (rng.random((b, heads, lq, l)) > 0.2).astype(np.float32) / 0.8
+    g_ctx = rng.normal(size=(b, lq, h)).astype(np.float32)
+    g_sc = rng.normal(size=(b, heads, lq, l)).astype(np.float32)
+    results = []
+    for how in ("numpy", "oneflow"):
+        qt, kt, vt = (flow.tensor(a, requires_grad=True) for a in (q, k, v))
+        if how == "numpy":
+            ctx, scores = _blas_attention(heads, scale).apply(qt, kt, vt, flow.tensor(mask), flow.tensor(keep))
+        else:
+            split = lambda t: t.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
+            scores = flow.matmul(split(qt) * scale, split(kt).transpose(-1, -2))
+            probs = flow.softmax(scores + flow.tensor(mask), dim=-1) * flow.tensor(keep)
+            ctx = flow.matmul(probs, split(vt)).permute(0, 2, 1, 3).reshape(b, lq, h)
+        ((ctx * flow.tensor(g_ctx)).sum() + (scores * flow.tensor(g_sc)).sum()).backward()
+        results.append([ctx.numpy(), scores.numpy(), qt.grad.numpy(), kt.grad.numpy(), vt.grad.numpy()])
+    for name, a, o in zip(["context", "scores", "dq", "dk", "dv"], *results):
+        np.testing.assert_allclose(a, o, atol=2e-5, rtol=1e-4, err_msg=name)
+    # no dropout: an empty mask
+    with flow.no_grad():
+        ctx0, _ = _blas_attention(heads, scale).apply(flow.tensor(q), flow.tensor(k), flow.tensor(v), flow.tensor(mask), flow.zeros(0))
+    s = (q.reshape(b, lq, heads, d).transpose(0, 2, 1, 3) * scale) @ k.reshape(b, l, heads, d).transpose(0, 2, 3, 1) + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = (p @ v.reshape(b, l, heads, d).transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3).reshape(b, lq, h)
+    np.testing.assert_allclose(ctx0.numpy(), ref, atol=1e-5)
+
+
+def test_numpy_embedding_gradient_sums_repeated_rows():
+    """_NumpyEmbedding: rows looked up, and the gradient summed per id (np.add.at), zero elsewhere."""
+    from metakd.modeling import _NumpyEmbedding
+
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(11, 4)).astype(np.float32)
+    ids = np.array([[3, 5, 3, 0], [10, 3, 5, 7]])
+    g = rng.normal(size=(2, 4, 4)).astype(np.float32)
+    wt = flow.tensor(w, requires_grad=True)
+    y = _NumpyEmbedding.apply(wt, flow.tensor(ids))
+    (y * flow.tensor(g)).sum().backward()
+    np.testing.assert_array_equal(y.numpy(), w[ids])
+    ref = np.zeros_like(w)
+    np.add.at(ref, ids.reshape(-1), g.reshape(-1, 4))
+    np.testing.assert_allclose(wt.grad.numpy(), ref, atol=1e-6)
+
+
+def test_numpy_dropout_masks():
+    """metakd's Dropout on CPU: keeps about 1-p, scales kept values by 1/(1-p), and a re-seed gives
+    the same mask again (the trainer re-seeds every step); off in eval mode."""
+    from metakd.modeling import Dropout
+
+    drop = Dropout(0.25).train()
+    x = flow.ones(200, 500)
+    drop.numpy_generator.manual_seed(11)
+    a = drop(x).numpy()
+    assert set(np.unique(a).tolist()) == {0.0, np.float32(1 / 0.75)}
+    assert abs((a == 0).mean() - 0.25) < 0.01
+    drop.numpy_generator.manual_seed(11)
+    np.testing.assert_array_equal(drop(x).numpy(), a)
+    assert not np.array_equal(drop(x).numpy(), a)
+    np.testing.assert_array_equal(drop.eval()(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("unpad,cls_only", [(False, False), (True, False), (False, True), (True, True)])
+def test_numpy_kernels_bert_matches_oneflow_kernels(monkeypatch, unpad, cls_only):
+    """The whole BERT with every CPU numpy path on (dense layers, GELU, attention core, word
+    embeddings) against OneFlow's kernels: same outputs and gradients, including a loss on the
+    attention scores and hidden states, as stage 1 takes them."""
+    import metakd.modeling as modeling
+
+    flow.manual_seed(0)
+    model = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    rng = np.random.default_rng(7)
+    mask = (np.arange(9)[None] < np.array([[9], [4], [6]])).astype(np.int64)
+    ids = flow.tensor(rng.integers(5, 50, size=(3, 9)) * mask)
+    w_pool = flow.tensor(rng.normal(size=(3, 16)).astype(np.float32))
+    runs = []
+    for how in ("oneflow", "blas"):
+        monkeypatch.setattr(modeling, "_CPU_MATMUL", how)
+        monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)  # a tiny model's products are below the threshold
+        model.zero_grad(set_to_none=True)
+        out = model(ids, flow.tensor(mask), unpad=unpad, cls_only=cls_only, output_hidden_states=not cls_only,
+                    output_attention_scores=not cls_only)
+        loss = (out.pooler_output * w_pool).sum()
+        if not cls_only:
+            m = flow.tensor(mask.astype(np.float32))
+            loss = loss + sum((s * s * m.view(3, 1, 1, 9)).sum() for s in out.attention_scores) * 0.01 \
+                + sum((hs * hs * m.unsqueeze(-1)).sum() for hs in out.hidden_states) * 0.01
+        loss.backward()
+        runs.append((out.pooler_output.numpy(), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], atol=1e-5)
+    assert runs[0][1].keys() == runs[1][1].keys() and len(runs[0][1]) > 20
+    for k in runs[0][1]:
+        scale = max(1.0, np.abs(runs[0][1][k]).max())
+        np.testing.assert_allclose(runs[1][1][k] / scale, runs[0][1][k] / scale, atol=2e-5, err_msg=k)

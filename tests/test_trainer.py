@@ -366,3 +366,21 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_exact(reference_run, tmp_pat
     assert _results_without_timing(out / "results.json") == ref_results
     assert not (tmp_path / f"t{RESUME_SUFFIX}").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".t.lock", "t"]
+
+
+def test_missing_gradients_are_zeros_so_adamw_still_decays():
+    """The trainer sets gradients to None between steps (the next backward writes them instead of
+    adding to zeros); a parameter a step does not reach gets a zero gradient, so AdamW treats it as
+    with zeroed gradients (weight decay applies) rather than skipping it."""
+    from metakd.trainer import fill_missing_grads
+
+    used, unused = flow.nn.Linear(2, 1), flow.nn.Linear(2, 1)
+    before = unused.weight.numpy().copy()
+    opt = flow.optim.AdamW(list(used.parameters()) + list(unused.parameters()), lr=0.1, weight_decay=0.5)
+    opt.zero_grad(set_to_none=True)
+    used(flow.ones(3, 2)).sum().backward()
+    assert unused.weight.grad is None
+    fill_missing_grads(list(used.parameters()) + list(unused.parameters()))
+    np.testing.assert_array_equal(unused.weight.grad.numpy(), np.zeros((1, 2), np.float32))
+    opt.step()
+    np.testing.assert_allclose(unused.weight.numpy(), before * (1 - 0.1 * 0.5), rtol=1e-6)
