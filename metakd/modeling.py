@@ -9,10 +9,15 @@ Shapes: B = batch, L = sequence length, H = hidden size, A = attention heads, I 
 Beyond Hugging Face, ``BertModel`` can return the pre-softmax attention scores that Meta-KD's
 stage-1 distillation compares (design.md section 3).
 
-CPU note: OneFlow 0.9's CPU kernels broadcast along the last axis about 50x slower than they
-should (``nn.LayerNorm``, ``x - x.mean(-1, keepdim=True)``). ``LayerNorm`` below therefore
-expands the per-row statistics with a K=1 matmul on CPU, which is exact to float rounding and
-keeps the ``weight``/``bias`` keys; on CUDA it uses the fused kernel.
+CPU note: OneFlow 0.9's CPU kernels run on one thread, and many are slow for a BERT step: GEMM at
+~40% of OpenBLAS's speed, last-axis broadcasts ~50x slow (``nn.LayerNorm``), batched matmuls,
+GELU, dropout masks, the embedding gradient (a dense [V,H] scatter). On CPU this file therefore
+runs that work in numpy through autograd Functions (the parameters and their names stay
+OneFlow's): the dense layers in BLAS (``_BlasLinear``, with GELU fused for the feed-forward),
+the attention core (``_blas_attention``), LayerNorm, the word-embedding lookup and gradient, and
+the dropout masks. The same function to float rounding; ``METAKD_CPU_MATMUL=oneflow`` switches
+back to OneFlow's kernels (with LayerNorm's statistics broadcast by K=1 matmuls, exact to float
+rounding). On CUDA everything is OneFlow's, with the fused LayerNorm kernel.
 """
 from __future__ import annotations
 
@@ -115,8 +120,9 @@ _NATIVE_LAYERNORM = os.environ.get("METAKD_NATIVE_LAYERNORM", "0") == "1"
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis; state-dict keys ``weight`` [H] and ``bias`` [H].
 
-    On CPU the row mean and variance are computed and broadcast back with matmuls against a
-    ones vector (OneFlow's last-axis broadcast is the slowest op of a BERT step there).
+    On CPU it runs in numpy (``_numpy_layer_norm``); with ``METAKD_CPU_MATMUL=oneflow`` the row
+    mean and variance are computed and broadcast back with matmuls against a ones vector
+    (OneFlow's last-axis broadcast is the slowest op of a BERT step there).
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-12):
@@ -137,6 +143,8 @@ class LayerNorm(nn.Module):
     def forward(self, x: flow.Tensor) -> flow.Tensor:
         if x.is_cuda or _NATIVE_LAYERNORM:
             return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        if _CPU_MATMUL == "blas":
+            return _numpy_layer_norm(self.eps).apply(x, self.weight, self.bias)
         col, row = self._stats_vectors(x)
         mean = flow.matmul(x, col)                      # [..., 1]
         xc = x - flow.matmul(mean, row)                 # [..., H]
@@ -245,6 +253,53 @@ class _BlasLinearGelu(flow.autograd.Function):
         return _linear_backward(grad.numpy().reshape(-1, grad.shape[-1]) * dy.numpy(), x, weight)
 
 
+def _layer_norm_forward(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    """z [N,H] -> (LayerNorm(z), xhat = (z - mean) / std, rstd [N,1]); float32."""
+    xhat = z - z.mean(axis=1, keepdims=True)
+    rstd = np.square(xhat).mean(axis=1, keepdims=True)
+    rstd += np.float32(eps)
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    return xhat * gamma + beta, xhat, rstd
+
+
+def _layer_norm_backward(g: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, gamma: np.ndarray):
+    """Gradients of LayerNorm for g = dL/dy [N,H]: (dz [N,H], dgamma [H], dbeta [H])."""
+    dgamma, dbeta = np.einsum("nh,nh->h", g, xhat), g.sum(axis=0)
+    dxh = g * gamma
+    dz = dxh - dxh.mean(axis=1, keepdims=True)
+    dz -= xhat * np.einsum("nh,nh->n", dxh, xhat)[:, None] * np.float32(1.0 / g.shape[1])
+    dz *= rstd
+    return dz, dgamma, dbeta
+
+
+def _numpy_layer_norm(eps: float):
+    """LayerNorm over the last axis as an autograd Function in numpy; cached per eps."""
+    if ("ln", eps) in _FUNCTIONS:
+        return _FUNCTIONS[("ln", eps)]
+
+    class _NumpyLayerNorm(flow.autograd.Function):
+        """z [..., H], gamma [H], beta [H] -> LayerNorm(z) [..., H]."""
+
+        @staticmethod
+        def forward(ctx, z, gamma, beta):
+            h = z.shape[-1]
+            y, xhat, rstd = _layer_norm_forward(z.numpy().reshape(-1, h), gamma.numpy(), beta.numpy(), eps)
+            ctx.save_for_backward(gamma, flow.from_numpy(xhat), flow.from_numpy(rstd))
+            return flow.from_numpy(y.reshape(tuple(z.shape)))
+
+        @staticmethod
+        def backward(ctx, grad):
+            gamma, xhat, rstd = ctx.saved_tensors
+            g = grad.numpy().reshape(xhat.shape)
+            dz, dgamma, dbeta = _layer_norm_backward(g, xhat.numpy(), rstd.numpy(), gamma.numpy())
+            return flow.from_numpy(dz.reshape(tuple(grad.shape))), flow.from_numpy(dgamma), flow.from_numpy(dbeta)
+
+    _FUNCTIONS[("ln", eps)] = _NumpyLayerNorm
+    return _NumpyLayerNorm
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and names) whose products run in numpy's BLAS on CPU
     (``_BlasLinear``), unless ``METAKD_CPU_MATMUL=oneflow``."""
@@ -301,9 +356,9 @@ class Dropout(nn.Dropout):
 def _blas_attention(heads: int, scale: float):
     """The attention core for ``heads`` heads as one autograd Function in numpy's BLAS (Functions
     take tensors only, so the constants live in the closure); cached per (heads, scale)."""
-    key = (heads, scale)
-    if key in _ATTENTION_FUNCTIONS:
-        return _ATTENTION_FUNCTIONS[key]
+    key = ("attention", heads, scale)
+    if key in _FUNCTIONS:
+        return _FUNCTIONS[key]
     s32 = np.float32(scale)
 
     def split(x: np.ndarray) -> np.ndarray:  # [B,L,H] -> [B,A,L,d], a view
@@ -354,11 +409,11 @@ def _blas_attention(heads: int, scale: float):
             g_k = merge(g_p.transpose(0, 1, 3, 2) @ qh)
             return flow.from_numpy(g_q), flow.from_numpy(g_k), flow.from_numpy(g_v), None, None
 
-    _ATTENTION_FUNCTIONS[key] = _BlasAttention
+    _FUNCTIONS[key] = _BlasAttention
     return _BlasAttention
 
 
-_ATTENTION_FUNCTIONS: Dict[Tuple[int, float], Any] = {}
+_FUNCTIONS: Dict[tuple, Any] = {}  # autograd Functions made for constants (heads, eps)
 
 
 class _NumpyEmbedding(flow.autograd.Function):
