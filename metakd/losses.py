@@ -14,8 +14,12 @@ Shapes: B batch, L length, A heads, H/F hidden widths, K labels, D domains.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from metakd.runtime import flow
 
@@ -98,6 +102,36 @@ def _masked_mean_per_example(sq_sum: flow.Tensor, mask: flow.Tensor, width: int)
     return total / count.clamp(min=1.0)
 
 
+class _MaskedSquaredError(flow.autograd.Function):
+    """Per-example masked mean squared error in numpy (CPU): student [B,...], teacher (a constant)
+    like it, weight [B,...] 0/1 broadcastable to it, count [B] -> sum(w (s - t)^2) / count, [B].
+
+    Stage 1 compares [B,A,L,L] score maps; as OneFlow ops (difference, square, head sum, mask,
+    reductions, and their gradients) that cost more than the student's own backward on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, weight, count):
+        d = student.numpy() - teacher.numpy()
+        d *= weight.numpy()
+        b = d.shape[0]
+        flat = d.reshape(b, -1)
+        inv = (1.0 / count.numpy()).astype(np.float32)
+        ctx.save_for_backward(flow.from_numpy(d), flow.from_numpy(inv))
+        return flow.from_numpy((np.einsum("bi,bi->b", flat, flat) * inv).astype(np.float32))
+
+    @staticmethod
+    def backward(ctx, grad):
+        d, inv = ctx.saved_tensors
+        scale = (2.0 * grad.numpy() * inv.numpy()).astype(np.float32)
+        dn = d.numpy()
+        return flow.from_numpy(dn * scale.reshape((-1,) + (1,) * (dn.ndim - 1))), None, None, None
+
+
+def _numpy_loss(student: flow.Tensor) -> bool:
+    return not student.is_cuda and os.environ.get("METAKD_CPU_MATMUL", "blas") == "blas"
+
+
 def attention_mse(student: flow.Tensor, teacher: flow.Tensor, attention_mask: flow.Tensor, compat: str) -> flow.Tensor:
     """One layer pair. Default: per-example MSE of pre-softmax scores over real (query, key) pairs -> [B].
 
@@ -109,6 +143,12 @@ def attention_mse(student: flow.Tensor, teacher: flow.Tensor, attention_mask: fl
         t = flow.where(teacher <= -1e2, flow.zeros_like(teacher), teacher)
         return ((s - t) ** 2).mean()
     m = attention_mask.to(student.dtype)
+    if _numpy_loss(student):
+        mn = m.numpy()
+        b, heads, lq, l = student.shape
+        weight = flow.from_numpy(np.ascontiguousarray((mn[:, :lq, None] * mn[:, None, :])[:, None]))  # [B,1,Lq,L]
+        count = flow.from_numpy(np.maximum(mn[:, :lq].sum(1) * mn.sum(1) * heads, 1.0).astype(np.float32))
+        return _MaskedSquaredError.apply(student, teacher, weight, count)
     pair_mask = flow.matmul(m.unsqueeze(2), m.unsqueeze(1))  # [B,L,L]: 1 where query and key are real
     return _masked_mean_per_example(((student - teacher) ** 2).sum(dim=1), pair_mask, student.shape[1])
 
@@ -118,6 +158,10 @@ def hidden_mse(student: flow.Tensor, teacher: flow.Tensor, attention_mask: flow.
     ``easynlp``: batch MSE over all positions -> scalar."""
     if compat == "easynlp":
         return ((student - teacher) ** 2).mean()
+    if _numpy_loss(student):
+        mn = attention_mask.to(student.dtype).numpy()
+        count = flow.from_numpy(np.maximum(mn.sum(1) * student.shape[-1], 1.0).astype(np.float32))
+        return _MaskedSquaredError.apply(student, teacher, flow.from_numpy(np.ascontiguousarray(mn[:, :, None])), count)
     return _masked_mean_per_example(((student - teacher) ** 2).sum(dim=-1), attention_mask.to(student.dtype), student.shape[-1])
 
 

@@ -139,14 +139,16 @@ class Stage1TeacherCache:
     def batch(self, idx: np.ndarray, width: int, device) -> Tuple[List[flow.Tensor], List[flow.Tensor], flow.Tensor, flow.Tensor]:
         """The targets of rows ``idx`` padded (with zeros) to ``width`` tokens, as tensors on ``device``."""
         lay = self.layout
-        a = np.zeros((len(idx), lay.att_pairs, lay.heads, width, width), dtype=np.float32)
-        h = np.zeros((len(idx), lay.hid_pairs, width, lay.hidden), dtype=np.float32)
+        # Pair-major, so that each pair's [B,...] block is contiguous and reaches OneFlow without a copy on CPU.
+        a = np.zeros((lay.att_pairs, len(idx), lay.heads, width, width), dtype=np.float32)
+        h = np.zeros((lay.hid_pairs, len(idx), width, lay.hidden), dtype=np.float32)
         for r, row in enumerate(idx):
             n = int(lay.lengths[row])
-            a[r, :, :, :n, :n] = self.att[lay.att_offset[row]:lay.att_offset[row + 1]].reshape(lay.att_pairs, lay.heads, n, n)
-            h[r, :, :n, :] = self.hid[lay.hid_offset[row]:lay.hid_offset[row + 1]].reshape(lay.hid_pairs, n, lay.hidden)
-        t = lambda x: flow.tensor(np.ascontiguousarray(x), device=device)
-        return ([t(a[:, p]) for p in range(lay.att_pairs)], [t(h[:, q]) for q in range(lay.hid_pairs)],
+            a[:, r, :, :n, :n] = self.att[lay.att_offset[row]:lay.att_offset[row + 1]].reshape(lay.att_pairs, lay.heads, n, n)
+            h[:, r, :n, :] = self.hid[lay.hid_offset[row]:lay.hid_offset[row + 1]].reshape(lay.hid_pairs, n, lay.hidden)
+        cpu = str(device).startswith("cpu")
+        t = lambda x: flow.from_numpy(np.ascontiguousarray(x)) if cpu else flow.tensor(x, device=device)
+        return ([t(a[p]) for p in range(lay.att_pairs)], [t(h[q]) for q in range(lay.hid_pairs)],
                 t(self.domain[idx]), t(self.logits[idx]))
 
     def close(self) -> None:

@@ -379,3 +379,29 @@ def test_soft_cross_entropy_default_temperature_and_float_t():
     same = float(N(soft_cross_entropy(zt, zt, 2.0)))
     p = np.exp(np_log_softmax(N(zt) / 2.0))
     np.testing.assert_allclose(same, np.mean(-(p * np.log(p)).sum(axis=1)), atol=ATOL)
+
+
+@pytest.mark.parametrize("kind", ["attention", "hidden"])
+def test_masked_mse_gradients_numpy_and_oneflow_agree_with_formula(monkeypatch, kind):
+    """Default numerics: the CPU numpy Function and OneFlow's ops give the same per-example MSE and
+    the gradient 2 w_i (s - t) m / count_i written out, zero at padded entries."""
+    rng = np.random.default_rng(9)
+    if kind == "attention":
+        s, t, mask = _attn_inputs(rng)
+        fn, pair = attention_mse, mask[:, None, :, None] * mask[:, None, None, :]
+        count = mask.sum(1) ** 2 * s.shape[1]
+    else:
+        mask = _mask([6, 2, 1], 6)
+        s, t = rng.normal(size=(3, 6, 4)).astype(np.float32), rng.normal(size=(3, 6, 4)).astype(np.float32)
+        fn, pair = hidden_mse, mask[:, :, None]
+        count = mask.sum(1) * s.shape[-1]
+    w = rng.normal(size=3).astype(np.float32)
+    want = 2 * w.reshape((-1,) + (1,) * (s.ndim - 1)) * (s - t) * pair / count.reshape((-1,) + (1,) * (s.ndim - 1))
+    for how in ("blas", "oneflow"):
+        monkeypatch.setenv("METAKD_CPU_MATMUL", how)
+        st = flow.tensor(s, requires_grad=True)
+        out = fn(st, T(t), T(mask), "none")
+        (out * T(w)).sum().backward()
+        np.testing.assert_allclose(N(out), (want * (s - t) / 2 / w.reshape((-1,) + (1,) * (s.ndim - 1))).reshape(3, -1).sum(1),
+                                   atol=ATOL, rtol=1e-5, err_msg=how)
+        np.testing.assert_allclose(st.grad.numpy(), want, atol=1e-6, rtol=1e-5, err_msg=how)
