@@ -74,6 +74,7 @@ STAGES: Dict[str, str] = {
     "teacher_step": "meta-teacher train step (3_train_teacher): MetaBert fwd + domain loss + bwd + clip + AdamW",
     "stage1_step": "stage-1 step (4_student_first): teacher no-grad fwd (scores, hidden) + student fwd + stage1_loss + bwd + AdamW",
     "stage2_step": "stage-2 step, teacher run live (5_student_second as --compat easynlp runs it): teacher logits + student + soft CE + AdamW",
+    "stage1_cached": "stage-1 step with the teacher's targets cached (4_student_first default): cache read + student fwd + stage1_loss + bwd + AdamW",
     "stage2_cached": "stage-2 step with cached teacher logits (5_student_second default): student only + soft CE + AdamW",
     "eval": "evaluation (6_eval): student MetaBert no-grad forward, logits to numpy",
     "teacher_fwd": "plain teacher BertModel forward, no grad, eval mode",
@@ -452,11 +453,27 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
     student.train()
     optimizer, scheduler = _optimizer(student, total_steps)
 
-    if name == "stage1_step":
+    if name in ("stage1_step", "stage1_cached"):
         from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, stage1_loss
 
         tl, sl = ctx.teacher.config.num_hidden_layers, ctx.student.config.num_hidden_layers
         att_pairs, hid_pairs = attention_pairs(tl, sl), hidden_pairs(tl, sl)
+
+        def teacher_targets(b):
+            t = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_hidden_states=True,
+                        output_attention_scores=True)
+            return ([t.backbone.attention_scores[i] for _, i in att_pairs], [t.backbone.hidden_states[i] for _, i in hid_pairs],
+                    teacher.domain_representation(t.content, b["domains"]), t.logits)
+
+        cache = None
+        if name == "stage1_cached":
+            # As distill.py: the targets are computed once (not timed) into an in-memory cache, then read.
+            from metakd.teacher_cache import Stage1TeacherCache
+
+            with flow.no_grad():
+                cache = Stage1TeacherCache.build(teacher_targets, enc, len(att_pairs), ctx.teacher.config.num_attention_heads,
+                                                 len(hid_pairs), ctx.teacher.config.hidden_size, 2, device, progress=False)
+            ctx.models["cache"] = cache
 
         def step_loss():
             b = batch()
@@ -464,15 +481,16 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
             s = student(ids, mask, types, output_hidden_states=True, output_attention_scores=True)
             ph.mark("student forward")
             with flow.no_grad():
-                t = teacher(ids, mask, types, output_hidden_states=True, output_attention_scores=True)
-                t_dom = teacher.domain_representation(t.content, doms)
-                weights = (1.0 + b["weights"]) * expertise_weights(t.logits, b["labels"])
-            ph.mark("teacher forward (no grad) + weights")
-            s_att, t_att = s.backbone.attention_scores, t.backbone.attention_scores
+                if cache is not None:
+                    t_att, t_hid, t_dom, t_logits = cache.batch(b["row_index"].numpy(), ids.shape[1], device)
+                else:
+                    t_att, t_hid, t_dom, t_logits = teacher_targets(b)
+                weights = (1.0 + b["weights"]) * expertise_weights(t_logits, b["labels"])
+            ph.mark("cached targets + weights" if cache is not None else "teacher forward (no grad) + weights")
+            s_att = s.backbone.attention_scores
             x = Stage1Inputs(
-                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=[t_att[i] for _, i in att_pairs],
-                student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs],
-                teacher_hidden=[t.backbone.hidden_states[i] for _, i in hid_pairs],
+                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=t_att,
+                student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs], teacher_hidden=t_hid,
                 student_domain=student.fit(student.domain_representation(s.content, doms)), teacher_domain=t_dom,
                 attention_mask=mask, weights=weights)
             r = stage1_loss(x, DOMAIN_LOSS_WEIGHT)

@@ -202,8 +202,9 @@ _ERFC_POLY = [np.float32(c) for c in (-1.26551223, 1.00002368, 0.37409196, 0.096
 _GELU_CHUNK = 1 << 17  # elements per block, so that the temporaries stay in cache
 
 
-def _gelu_block(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> None:
-    """y = x Phi(x) and dy = Phi(x) + x phi(x), its derivative; float32, written in place."""
+def _gelu_block(x: np.ndarray, y: np.ndarray, dy: Optional[np.ndarray]) -> None:
+    """y = x Phi(x) and, unless ``dy`` is None, dy = Phi(x) + x phi(x), its derivative; float32,
+    written in place."""
     z = np.abs(x)
     z *= np.float32(1.0 / math.sqrt(2.0))
     t = z * np.float32(0.5)
@@ -221,6 +222,8 @@ def _gelu_block(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> None:
     p *= np.float32(0.5)                     # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
     cdf = np.where(x >= 0, np.float32(1.0) - p, p)
     np.multiply(x, cdf, out=y)
+    if dy is None:
+        return
     np.negative(z, out=z)
     np.exp(z, out=z)
     z *= np.float32(1.0 / math.sqrt(2.0 * math.pi))   # phi(x)
@@ -228,13 +231,14 @@ def _gelu_block(x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> None:
     np.add(cdf, z, out=dy)
 
 
-def _gelu_numpy(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """GELU (erf form) of float32 x and its derivative."""
+def _gelu_numpy(x: np.ndarray, derivative: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """GELU (erf form) of float32 x and its derivative (None unless ``derivative``)."""
     flat = x.reshape(-1)
-    y, dy = np.empty_like(flat), np.empty_like(flat)
+    y = np.empty_like(flat)
+    dy = np.empty_like(flat) if derivative else None
     for i in range(0, flat.size, _GELU_CHUNK):
-        _gelu_block(flat[i:i + _GELU_CHUNK], y[i:i + _GELU_CHUNK], dy[i:i + _GELU_CHUNK])
-    return y.reshape(x.shape), dy.reshape(x.shape)
+        _gelu_block(flat[i:i + _GELU_CHUNK], y[i:i + _GELU_CHUNK], None if dy is None else dy[i:i + _GELU_CHUNK])
+    return y.reshape(x.shape), None if dy is None else dy.reshape(x.shape)
 
 
 class _BlasLinearGelu(flow.autograd.Function):
@@ -591,6 +595,9 @@ class BertIntermediate(nn.Module):
 
     def forward(self, x: flow.Tensor) -> flow.Tensor:
         if self.act is _gelu and self.dense.uses_blas(x):
+            if not flow.is_grad_enabled():  # inference: no derivative to keep
+                y, _ = _gelu_numpy(_linear_forward(x, self.dense.weight, self.dense.bias), derivative=False)
+                return flow.from_numpy(y.reshape(*x.shape[:-1], y.shape[-1]))
             return _BlasLinearGelu.apply(x, self.dense.weight, self.dense.bias)
         return self.act(self.dense(x))
 

@@ -281,6 +281,9 @@ def test_numpy_gelu_matches_erf_form_and_its_derivative():
 
     x = np.concatenate([np.linspace(-12, 12, 4001), np.random.default_rng(0).normal(scale=3, size=300_000)]).astype(np.float32)
     y, dy = _gelu_numpy(x)
+    y_only, none = _gelu_numpy(x, derivative=False)  # inference skips the derivative
+    assert none is None
+    np.testing.assert_array_equal(y_only, y)
     x64 = x.astype(np.float64)
     erf = np.vectorize(math.erf)(x64 / math.sqrt(2.0))
     ref = 0.5 * x64 * (1.0 + erf)
