@@ -337,12 +337,14 @@ def _optimizer(model, total_steps: int):
 def _trainer_step(model, optimizer, scheduler, step_loss: Callable[[], tuple], ph: Phases) -> None:
     """The body of Trainer.fit for one step (loss read before backward, clip, step, schedule)."""
     from metakd.runtime import flow
+    from metakd.modeling import numpy_scope
     from metakd.trainer import fill_missing_grads
 
-    loss, logs = step_loss()
-    float(loss.numpy())  # the trainer's non-finite check reads the loss here
-    ph.mark("loss to host")
-    loss.backward()
+    with numpy_scope():  # as the trainer
+        loss, logs = step_loss()
+        float(loss.numpy())  # the trainer's non-finite check reads the loss here
+        ph.mark("loss to host")
+        loss.backward()
     fill_missing_grads(model.parameters())
     ph.mark("backward")
     flow.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
@@ -473,7 +475,6 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
             with flow.no_grad():
                 cache = Stage1TeacherCache.build(teacher_targets, enc, len(att_pairs), ctx.teacher.config.num_attention_heads,
                                                  len(hid_pairs), ctx.teacher.config.hidden_size, 2, device, progress=False)
-            ctx.models["cache"] = cache
 
         def step_loss():
             b = batch()

@@ -185,14 +185,16 @@ def main(argv=None) -> int:
         cache = None
         if compat != "easynlp" and a.teacher_cache_gb > 0:
             # The frozen teacher gives the same targets every epoch: compute them once (design.md).
+            from metakd.modeling import parameter_views
             from metakd.teacher_cache import Stage1TeacherCache, describe
 
             spill = a.out.parent / f".{a.out.name}.teacher-cache"
             t0 = time.perf_counter()
-            cache = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
-                                             len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
-                                             budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
-                                             progress=not a.no_progress)
+            with parameter_views(list(teacher.parameters()) + list(teacher_fit.parameters() if teacher_fit else [])):
+                cache = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
+                                                 len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
+                                                 budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
+                                                 progress=not a.no_progress)
             if cache is None:
                 print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
                       "beside --out; the teacher runs every step")

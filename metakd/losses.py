@@ -112,20 +112,23 @@ class _MaskedSquaredError(flow.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, weight, count):
-        d = student.numpy() - teacher.numpy()
-        d *= weight.numpy()
+        from metakd.modeling import _view, _wrap
+
+        d = _view(student) - _view(teacher)
+        d *= _view(weight)
         b = d.shape[0]
         flat = d.reshape(b, -1)
-        inv = (1.0 / count.numpy()).astype(np.float32)
-        ctx.save_for_backward(flow.from_numpy(d), flow.from_numpy(inv))
-        return flow.from_numpy((np.einsum("bi,bi->b", flat, flat) * inv).astype(np.float32))
+        inv = (1.0 / _view(count)).astype(np.float32)
+        ctx.save_for_backward(_wrap(d), _wrap(inv))
+        return _wrap((np.einsum("bi,bi->b", flat, flat) * inv).astype(np.float32))
 
     @staticmethod
     def backward(ctx, grad):
-        d, inv = ctx.saved_tensors
-        scale = (2.0 * grad.numpy() * inv.numpy()).astype(np.float32)
-        dn = d.numpy()
-        return flow.from_numpy(dn * scale.reshape((-1,) + (1,) * (dn.ndim - 1))), None, None, None
+        from metakd.modeling import _view
+
+        d, inv = (_view(t) for t in ctx.saved_tensors)
+        scale = (2.0 * _view(grad) * inv).astype(np.float32)
+        return flow.from_numpy(d * scale.reshape((-1,) + (1,) * (d.ndim - 1))), None, None, None
 
 
 def _numpy_loss(student: flow.Tensor) -> bool:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 
+import contextlib
 import dataclasses
 import math
 
 import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from metakd.errors import UserError
 from metakd.fileio import read_json_object
@@ -163,18 +164,94 @@ _CPU_MATMUL = os.environ.get("METAKD_CPU_MATMUL", "blas")
 _BLAS_MIN_MACS = 1 << 22
 
 
-def _linear_forward(x: flow.Tensor, weight: flow.Tensor, bias: flow.Tensor) -> np.ndarray:
+# Every Tensor.numpy() is a round trip through OneFlow's VM thread: ~20 us on an idle CPU, but
+# 0.2-1.5 ms when the processes of a multi-process run share the cores (measured here), and a
+# BERT step asks hundreds of times. Within ``numpy_scope()`` (one training step's forward and
+# backward, one inference batch) each tensor is read once, and the tensors the Functions below
+# make from arrays (outputs, what they save for the backward) are known without asking: _view,
+# _wrap (ctx.saved_tensors gives back the very objects saved; attributes set on a ctx are not
+# reliable in OneFlow 0.9). Safe because nothing writes those tensors in place inside a scope:
+# activations are never updated in place, and parameters change only in the optimizer step,
+# after the scope (gradients the Functions return are not registered: OneFlow may add into them).
+_SCOPE: Optional[Dict[int, Tuple[flow.Tensor, np.ndarray]]] = None
+
+
+@contextlib.contextmanager
+def numpy_scope() -> Iterator[None]:
+    """Within: tensors read by the CPU numpy paths are read once (see _view)."""
+    global _SCOPE
+    if _SCOPE is not None:  # nested: the outer scope decides
+        yield
+        return
+    _SCOPE = {}
+    try:
+        yield
+    finally:
+        _SCOPE = None
+
+
+# Parameters' views held across steps by ``parameter_views`` (the trainer's loop): id -> (tensor, array).
+_PARAMS: Dict[int, Tuple[flow.Tensor, np.ndarray]] = {}
+
+
+@contextlib.contextmanager
+def parameter_views(parameters) -> Iterator[None]:
+    """Within: the numpy views of ``parameters`` are taken once, not at every step or batch. The
+    caller must call ``sync()`` after any in-place update of them (the optimizer step) before
+    they are read again: OneFlow writes them asynchronously. Inference on a frozen model needs
+    nothing more."""
+    sync()
+    added = []
+    for p in parameters:
+        if not p.is_cuda and id(p) not in _PARAMS:
+            _PARAMS[id(p)] = (p, p.numpy())
+            added.append(id(p))
+    try:
+        yield
+    finally:
+        for key in added:  # nested use (evaluation inside the training loop) keeps the outer views
+            _PARAMS.pop(key, None)
+
+
+def sync() -> None:
+    """Wait until OneFlow has run everything queued (one round trip)."""
+    flow._oneflow_internal.eager.Sync()
+
+
+def _view(t: flow.Tensor) -> np.ndarray:
+    """t.numpy(), asked once per scope (parameters: once per ``parameter_views``)."""
+    hit = _PARAMS.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    if _SCOPE is None:
+        return t.numpy()
+    hit = _SCOPE.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    a = t.numpy()
+    _SCOPE[id(t)] = (t, a)
+    return a
+
+
+def _wrap(a: np.ndarray) -> flow.Tensor:
+    """flow.from_numpy(a) for a Function's forward output, remembered as its own array."""
+    t = flow.from_numpy(a)
+    if _SCOPE is not None:
+        _SCOPE[id(t)] = (t, a)
+    return t
+
+
+def _linear_forward(x: np.ndarray, weight: flow.Tensor, bias: flow.Tensor) -> np.ndarray:
     """x [..., in] -> x W^T + b as [N, out] numpy."""
-    y = x.numpy().reshape(-1, x.shape[-1]) @ weight.numpy().T
-    y += bias.numpy()
+    y = x.reshape(-1, x.shape[-1]) @ _view(weight).T
+    y += _view(bias)
     return y
 
 
-def _linear_backward(g: np.ndarray, x: flow.Tensor, weight: flow.Tensor):
+def _linear_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray):
     """Gradients of y = x W^T + b for g = dL/dy as [N,out]: (dx like x, dW, db) as tensors."""
-    shape = tuple(x.shape)
-    grad_x = (g @ weight.numpy()).reshape(shape)
-    grad_w = g.T @ x.numpy().reshape(-1, shape[-1])
+    grad_x = (g @ w).reshape(x.shape)
+    grad_w = g.T @ x.reshape(-1, x.shape[-1])
     return flow.from_numpy(grad_x), flow.from_numpy(grad_w), flow.from_numpy(g.sum(axis=0))
 
 
@@ -184,13 +261,13 @@ class _BlasLinear(flow.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        y = _linear_forward(x, weight, bias)
-        return flow.from_numpy(y.reshape(*x.shape[:-1], y.shape[-1]))
+        y = _linear_forward(_view(x), weight, bias)
+        return _wrap(y.reshape(*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        return _linear_backward(grad.numpy().reshape(-1, grad.shape[-1]), x, weight)
+        return _linear_backward(_view(grad).reshape(-1, grad.shape[-1]), _view(x), _view(weight))
 
 
 # erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2), z >= 0: Numerical Recipes' erfcc, fractional
@@ -247,14 +324,14 @@ class _BlasLinearGelu(flow.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        y, dy = _gelu_numpy(_linear_forward(x, weight, bias))
-        ctx.save_for_backward(x, weight, flow.from_numpy(dy))
-        return flow.from_numpy(y.reshape(*x.shape[:-1], y.shape[-1]))
+        y, dy = _gelu_numpy(_linear_forward(_view(x), weight, bias))
+        ctx.save_for_backward(x, weight, _wrap(dy))
+        return _wrap(y.reshape(*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, dy = ctx.saved_tensors
-        return _linear_backward(grad.numpy().reshape(-1, grad.shape[-1]) * dy.numpy(), x, weight)
+        return _linear_backward(_view(grad).reshape(-1, grad.shape[-1]) * _view(dy), _view(x), _view(weight))
 
 
 def _layer_norm_forward(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
@@ -289,15 +366,15 @@ def _numpy_layer_norm(eps: float):
         @staticmethod
         def forward(ctx, z, gamma, beta):
             h = z.shape[-1]
-            y, xhat, rstd = _layer_norm_forward(z.numpy().reshape(-1, h), gamma.numpy(), beta.numpy(), eps)
-            ctx.save_for_backward(gamma, flow.from_numpy(xhat), flow.from_numpy(rstd))
-            return flow.from_numpy(y.reshape(tuple(z.shape)))
+            y, xhat, rstd = _layer_norm_forward(_view(z).reshape(-1, h), _view(gamma), _view(beta), eps)
+            ctx.save_for_backward(gamma, _wrap(xhat), _wrap(rstd))
+            return _wrap(y.reshape(tuple(z.shape)))
 
         @staticmethod
         def backward(ctx, grad):
-            gamma, xhat, rstd = ctx.saved_tensors
-            g = grad.numpy().reshape(xhat.shape)
-            dz, dgamma, dbeta = _layer_norm_backward(g, xhat.numpy(), rstd.numpy(), gamma.numpy())
+            gamma, xhat, rstd = (_view(t) for t in ctx.saved_tensors)
+            g = _view(grad).reshape(xhat.shape)
+            dz, dgamma, dbeta = _layer_norm_backward(g, xhat, rstd, gamma)
             return flow.from_numpy(dz.reshape(tuple(grad.shape))), flow.from_numpy(dgamma), flow.from_numpy(dbeta)
 
     _FUNCTIONS[("ln", eps)] = _NumpyLayerNorm
@@ -349,7 +426,7 @@ class Dropout(nn.Dropout):
 
     def keep_scale(self, shape) -> Optional[flow.Tensor]:
         """The mask the numpy path multiplies by (None when dropout is off)."""
-        return flow.from_numpy(self.numpy_generator.keep_scale(tuple(shape), self.p)) if self.p > 0 and self.training else None
+        return _wrap(self.numpy_generator.keep_scale(tuple(shape), self.p)) if self.p > 0 and self.training else None
 
     def forward(self, x: flow.Tensor) -> flow.Tensor:
         if self.uses_numpy(x):
@@ -379,26 +456,24 @@ def _blas_attention(heads: int, scale: float):
 
         @staticmethod
         def forward(ctx, q, k, v, additive_mask, keep):
-            qh = split(q.numpy() * s32)
-            kh, vh = split(k.numpy()), split(v.numpy())
+            qs = _view(q) * s32
+            qh, kh, vh = split(qs), split(_view(k)), split(_view(v))
             scores = qh @ kh.transpose(0, 1, 3, 2)
-            sm = scores + additive_mask.numpy()
+            sm = scores + _view(additive_mask)
             sm -= sm.max(axis=-1, keepdims=True)
             np.exp(sm, out=sm)
             sm /= sm.sum(axis=-1, keepdims=True)
-            probs = sm * keep.numpy() if keep.numel() else sm
-            ctx.save_for_backward(q, k, v, flow.from_numpy(sm), keep)
-            return flow.from_numpy(merge(probs @ vh)), flow.from_numpy(scores)
+            probs = sm * _view(keep) if keep.numel() else sm
+            ctx.save_for_backward(_wrap(qs), k, v, _wrap(sm), keep)
+            return _wrap(merge(probs @ vh)), _wrap(scores)
 
         @staticmethod
         def backward(ctx, g_context, g_scores):
-            q, k, v, sm_t, keep = ctx.saved_tensors
-            qh = split(q.numpy() * s32)
-            kh, vh = split(k.numpy()), split(v.numpy())
-            sm = sm_t.numpy()
-            gh = split(g_context.numpy())
+            qs, k, v, sm, keep = ctx.saved_tensors
+            qh, kh, vh, sm = split(_view(qs)), split(_view(k)), split(_view(v)), _view(sm)
+            gh = split(_view(g_context))
             dropped = keep.numel() > 0
-            kp = keep.numpy() if dropped else None
+            kp = _view(keep) if dropped else None
             probs = sm * kp if dropped else sm
             g_v = merge(probs.transpose(0, 1, 3, 2) @ gh)
             g_p = gh @ vh.transpose(0, 1, 3, 2)                      # d loss / d probs
@@ -408,7 +483,7 @@ def _blas_attention(heads: int, scale: float):
             np.subtract(g_p, g_z, out=g_p)
             g_p *= sm
             if g_scores is not None:
-                g_p += g_scores.numpy()
+                g_p += _view(g_scores)
             g_q = merge(g_p @ kh) * s32
             g_k = merge(g_p.transpose(0, 1, 3, 2) @ qh)
             return flow.from_numpy(g_q), flow.from_numpy(g_k), flow.from_numpy(g_v), None, None
@@ -429,13 +504,13 @@ class _NumpyEmbedding(flow.autograd.Function):
     @staticmethod
     def forward(ctx, weight, ids):
         ctx.save_for_backward(weight, ids)
-        return flow.from_numpy(weight.numpy()[ids.numpy()])
+        return _wrap(_view(weight)[_view(ids)])
 
     @staticmethod
     def backward(ctx, grad):
         weight, ids = ctx.saved_tensors
-        flat = ids.numpy().reshape(-1)
-        g = grad.numpy().reshape(flat.size, -1)
+        flat = _view(ids).reshape(-1)
+        g = _view(grad).reshape(flat.size, -1)
         order = np.argsort(flat, kind="stable")
         rows, starts = np.unique(flat[order], return_index=True)
         out = np.zeros(tuple(weight.shape), dtype=g.dtype)
@@ -596,8 +671,8 @@ class BertIntermediate(nn.Module):
     def forward(self, x: flow.Tensor) -> flow.Tensor:
         if self.act is _gelu and self.dense.uses_blas(x):
             if not flow.is_grad_enabled():  # inference: no derivative to keep
-                y, _ = _gelu_numpy(_linear_forward(x, self.dense.weight, self.dense.bias), derivative=False)
-                return flow.from_numpy(y.reshape(*x.shape[:-1], y.shape[-1]))
+                y, _ = _gelu_numpy(_linear_forward(_view(x), self.dense.weight, self.dense.bias), derivative=False)
+                return _wrap(y.reshape(*x.shape[:-1], y.shape[-1]))
             return _BlasLinearGelu.apply(x, self.dense.weight, self.dense.bias)
         return self.act(self.dense(x))
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from metakd.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
 from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
+from metakd.modeling import numpy_scope, parameter_views, sync
 from metakd.optim import make_optimizer
 from metakd.runtime import all_reduce_mean_grads, barrier, broadcast_parameters, flow
 from metakd.runtime import rank as rank_of_process
@@ -385,68 +386,73 @@ class Trainer:
             t_log = time.perf_counter()
             samples_since_log = 0
             done = p.global_step >= self.total_steps
-            for epoch in range(args.epochs):
-                if done:
-                    break
-                if (epoch + 1) * self.steps_per_epoch <= p.global_step:
-                    continue  # the whole epoch was done before the resume
-                batches = train_batches(len(self.data), args.batch_size, args.seed, epoch, self.rank, self.world_size,
-                                        self.lengths)
-                first = epoch * self.steps_per_epoch
-                for i, idx in enumerate(batches):
-                    step = first + i
-                    if step < p.global_step:
-                        continue  # already done before the resume
-                    t0 = time.perf_counter()
-                    seed_step(args.seed, self.rank, step, self.generators)
-                    batch = to_tensors(self.data, idx, self.device, trim=self.trim)
-                    loss, logs = self.step_loss(batch, step)
-                    loss_value = float(loss.numpy())
-                    if not math.isfinite(loss_value) and self.world_size == 1:
-                        raise self._diverged("loss", loss_value, step)
-                    loss.backward()
-                    fill_missing_grads(self.model.parameters())
-                    # With several processes every one must reach the all-reduce; a non-finite loss
-                    # on one of them makes the averaged gradient non-finite on all, so all stop below.
-                    all_reduce_mean_grads(self.model.parameters(), {id(w): batch["input_ids"] for w in self.token_tables})
-                    grad_norm = float(flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm).numpy())
-                    if not math.isfinite(loss_value):
-                        raise self._diverged("loss", loss_value, step)
-                    if not math.isfinite(grad_norm):
-                        raise self._diverged("gradient norm", grad_norm, step)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    # None rather than zeros: the next backward then writes the gradients instead of adding
-                    # them to a zeroed copy (two passes over the model less); fill_missing_grads keeps
-                    # AdamW's treatment of a parameter that gets no gradient (zeros, not a skipped step).
-                    self.optimizer.zero_grad(set_to_none=True)
-                    p.global_step = step + 1
-                    p.train_seconds += time.perf_counter() - t0
-                    p.samples_seen += len(idx) * self.world_size
-                    p.tokens_seen += int(self.data.attention_mask[idx].sum()) * self.world_size
-                    samples_since_log += len(idx) * self.world_size
-                    running["loss"] = running.get("loss", 0.0) + loss_value
-                    for k, v in logs.items():
-                        running[k] = running.get(k, 0.0) + float(v.numpy())
-                    n_running += 1
-                    bar.update(1)
-                    if p.global_step % args.log_every == 0 or p.global_step == self.total_steps:
-                        dt = time.perf_counter() - t_log
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        self._log(f"[{self.stage}] epoch {epoch + 1}/{args.epochs} step {p.global_step}/{self.total_steps} "
-                                  + " ".join(f"{k} {v / n_running:.4f}" for k, v in running.items())
-                                  + f" lr {lr:.3g} | {samples_since_log / max(dt, 1e-9):.1f} samples/s")
-                        running, n_running, samples_since_log, t_log = {}, 0, 0, time.perf_counter()
-                    end_of_epoch = i == len(batches) - 1
-                    finished = p.global_step >= self.total_steps
-                    if (args.eval_every and p.global_step % args.eval_every == 0) or ((end_of_epoch or finished) and not args.eval_every):
-                        self._evaluate_and_select(epoch + 1)
-                        self.train_module.train()
-                    if args.save_every and p.global_step % args.save_every == 0 and not finished:
-                        self._save_resume_state()
-                    if finished:
-                        done = True
+            # Parameters are read through numpy views taken once (modeling.parameter_views); the
+            # optimizer writes them asynchronously, so every step ends with a sync.
+            with parameter_views(self.model.parameters()):
+                for epoch in range(args.epochs):
+                    if done:
                         break
+                    if (epoch + 1) * self.steps_per_epoch <= p.global_step:
+                        continue  # the whole epoch was done before the resume
+                    batches = train_batches(len(self.data), args.batch_size, args.seed, epoch, self.rank, self.world_size,
+                                            self.lengths)
+                    first = epoch * self.steps_per_epoch
+                    for i, idx in enumerate(batches):
+                        step = first + i
+                        if step < p.global_step:
+                            continue  # already done before the resume
+                        t0 = time.perf_counter()
+                        seed_step(args.seed, self.rank, step, self.generators)
+                        batch = to_tensors(self.data, idx, self.device, trim=self.trim)
+                        with numpy_scope():  # the forward and backward of one step (modeling._view)
+                            loss, logs = self.step_loss(batch, step)
+                            loss_value = float(loss.numpy())
+                            if not math.isfinite(loss_value) and self.world_size == 1:
+                                raise self._diverged("loss", loss_value, step)
+                            loss.backward()
+                        fill_missing_grads(self.model.parameters())
+                        # With several processes every one must reach the all-reduce; a non-finite loss
+                        # on one of them makes the averaged gradient non-finite on all, so all stop below.
+                        all_reduce_mean_grads(self.model.parameters(), {id(w): batch["input_ids"] for w in self.token_tables})
+                        grad_norm = float(flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm).numpy())
+                        if not math.isfinite(loss_value):
+                            raise self._diverged("loss", loss_value, step)
+                        if not math.isfinite(grad_norm):
+                            raise self._diverged("gradient norm", grad_norm, step)
+                        self.optimizer.step()
+                        sync()  # the parameters' cached views are read next (parameter_views)
+                        self.scheduler.step()
+                        # None rather than zeros: the next backward then writes the gradients instead of adding
+                        # them to a zeroed copy (two passes over the model less); fill_missing_grads keeps
+                        # AdamW's treatment of a parameter that gets no gradient (zeros, not a skipped step).
+                        self.optimizer.zero_grad(set_to_none=True)
+                        p.global_step = step + 1
+                        p.train_seconds += time.perf_counter() - t0
+                        p.samples_seen += len(idx) * self.world_size
+                        p.tokens_seen += int(self.data.attention_mask[idx].sum()) * self.world_size
+                        samples_since_log += len(idx) * self.world_size
+                        running["loss"] = running.get("loss", 0.0) + loss_value
+                        for k, v in logs.items():
+                            running[k] = running.get(k, 0.0) + float(v.numpy())
+                        n_running += 1
+                        bar.update(1)
+                        if p.global_step % args.log_every == 0 or p.global_step == self.total_steps:
+                            dt = time.perf_counter() - t_log
+                            lr = self.optimizer.param_groups[0]["lr"]
+                            self._log(f"[{self.stage}] epoch {epoch + 1}/{args.epochs} step {p.global_step}/{self.total_steps} "
+                                      + " ".join(f"{k} {v / n_running:.4f}" for k, v in running.items())
+                                      + f" lr {lr:.3g} | {samples_since_log / max(dt, 1e-9):.1f} samples/s")
+                            running, n_running, samples_since_log, t_log = {}, 0, 0, time.perf_counter()
+                        end_of_epoch = i == len(batches) - 1
+                        finished = p.global_step >= self.total_steps
+                        if (args.eval_every and p.global_step % args.eval_every == 0) or ((end_of_epoch or finished) and not args.eval_every):
+                            self._evaluate_and_select(epoch + 1)
+                            self.train_module.train()
+                        if args.save_every and p.global_step % args.save_every == 0 and not finished:
+                            self._save_resume_state()
+                        if finished:
+                            done = True
+                            break
             bar.close()
             # The last steps since the previous evaluation must be judged too.
             if self.evaluate is not None and (not p.history or p.history[-1]["step"] != p.global_step):

@@ -371,11 +371,15 @@ def test_numpy_dropout_masks():
     np.testing.assert_array_equal(drop.eval()(x).numpy(), x.numpy())
 
 
+@pytest.mark.parametrize("scope", [False, True])
 @pytest.mark.parametrize("unpad,cls_only", [(False, False), (True, False), (False, True), (True, True)])
-def test_numpy_kernels_bert_matches_oneflow_kernels(monkeypatch, unpad, cls_only):
+def test_numpy_kernels_bert_matches_oneflow_kernels(monkeypatch, unpad, cls_only, scope):
     """The whole BERT with every CPU numpy path on (dense layers, GELU, attention core, word
     embeddings) against OneFlow's kernels: same outputs and gradients, including a loss on the
-    attention scores and hidden states, as stage 1 takes them."""
+    attention scores and hidden states, as stage 1 takes them; with ``scope``, inside
+    numpy_scope() (tensors read once), as the trainer runs a step."""
+    import contextlib
+
     import metakd.modeling as modeling
 
     flow.manual_seed(0)
@@ -389,17 +393,37 @@ def test_numpy_kernels_bert_matches_oneflow_kernels(monkeypatch, unpad, cls_only
         monkeypatch.setattr(modeling, "_CPU_MATMUL", how)
         monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)  # a tiny model's products are below the threshold
         model.zero_grad(set_to_none=True)
-        out = model(ids, flow.tensor(mask), unpad=unpad, cls_only=cls_only, output_hidden_states=not cls_only,
-                    output_attention_scores=not cls_only)
-        loss = (out.pooler_output * w_pool).sum()
-        if not cls_only:
-            m = flow.tensor(mask.astype(np.float32))
-            loss = loss + sum((s * s * m.view(3, 1, 1, 9)).sum() for s in out.attention_scores) * 0.01 \
-                + sum((hs * hs * m.unsqueeze(-1)).sum() for hs in out.hidden_states) * 0.01
-        loss.backward()
+        with modeling.numpy_scope() if scope else contextlib.nullcontext():
+            out = model(ids, flow.tensor(mask), unpad=unpad, cls_only=cls_only, output_hidden_states=not cls_only,
+                        output_attention_scores=not cls_only)
+            loss = (out.pooler_output * w_pool).sum()
+            if not cls_only:
+                m = flow.tensor(mask.astype(np.float32))
+                loss = loss + sum((s * s * m.view(3, 1, 1, 9)).sum() for s in out.attention_scores) * 0.01 \
+                    + sum((hs * hs * m.unsqueeze(-1)).sum() for hs in out.hidden_states) * 0.01
+            loss.backward()
         runs.append((out.pooler_output.numpy(), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}))
     np.testing.assert_allclose(runs[1][0], runs[0][0], atol=1e-5)
     assert runs[0][1].keys() == runs[1][1].keys() and len(runs[0][1]) > 20
     for k in runs[0][1]:
         scale = max(1.0, np.abs(runs[0][1][k]).max())
         np.testing.assert_allclose(runs[1][1][k] / scale, runs[0][1][k] / scale, atol=2e-5, err_msg=k)
+
+
+def test_parameter_views_are_views_kept_across_steps_and_nest():
+    """parameter_views: a parameter is read once; after an in-place update and sync() the cached
+    view shows the new values (it is the parameter's memory); a nested use keeps the outer views."""
+    from metakd.modeling import _PARAMS, _view, parameter_views, sync
+
+    p, q = flow.nn.Parameter(flow.ones(4)), flow.nn.Parameter(flow.ones(2))
+    with parameter_views([p]):
+        first = _view(p)
+        with flow.no_grad():
+            p.mul_(3.0)
+        sync()
+        assert _view(p) is first
+        np.testing.assert_array_equal(first, np.full(4, 3.0, np.float32))
+        with parameter_views([p, q]):
+            assert id(q) in _PARAMS and _view(p) is first
+        assert id(p) in _PARAMS and id(q) not in _PARAMS
+    assert not _PARAMS
