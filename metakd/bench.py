@@ -338,6 +338,7 @@ def _trainer_step(model, optimizer, scheduler, step_loss: Callable[[], tuple], p
     """The body of Trainer.fit for one step (loss read before backward, clip, step, schedule)."""
     from metakd.runtime import flow
     from metakd.modeling import numpy_scope
+    from metakd.modeling import sync as model_sync
     from metakd.trainer import fill_missing_grads
 
     with numpy_scope():  # as the trainer
@@ -349,6 +350,7 @@ def _trainer_step(model, optimizer, scheduler, step_loss: Callable[[], tuple], p
     ph.mark("backward")
     flow.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
     optimizer.step()
+    model_sync()  # the parameters' cached views are read next (parameter_views)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     ph.mark("clip + AdamW + schedule")
@@ -535,6 +537,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
 
 def run_stage(name: str, a: argparse.Namespace) -> dict:
     """Build, warm up and time one stage in this process."""
+    from metakd.modeling import parameter_views
     from metakd.runtime import flow, resolve_device, seed_everything
 
     device = resolve_device(a.device)
@@ -548,17 +551,18 @@ def run_stage(name: str, a: argparse.Namespace) -> dict:
     setup_s = time.perf_counter() - t0
     rss_setup = rss_mib()
     peak_reset = reset_peak_rss()
-    for i in range(a.warmup):
-        flow.manual_seed(a.seed + i)
-        step()
-    sync(device)
     times = []
-    for i in range(a.iters):
-        flow.manual_seed(a.seed + a.warmup + i)
-        t = time.perf_counter()
-        step()
+    with parameter_views(p for m in ctx.models.values() for p in m.parameters()):  # as the trainer
+        for i in range(a.warmup):
+            flow.manual_seed(a.seed + i)
+            step()
         sync(device)
-        times.append(time.perf_counter() - t)
+        for i in range(a.iters):
+            flow.manual_seed(a.seed + a.warmup + i)
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t)
     step_peak = peak_rss_mib()
     bs = len(enc)
     width = int(enc.attention_mask.sum(axis=1).max())  # what to_tensors trims to
@@ -582,6 +586,7 @@ def run_stage(name: str, a: argparse.Namespace) -> dict:
 
 def profile_stage(name: str, a: argparse.Namespace) -> None:
     """Time one step of ``name`` by phase and by module type, with a sync around every piece."""
+    from metakd.modeling import parameter_views
     from metakd.runtime import flow, resolve_device, seed_everything
 
     device = resolve_device(a.device)
@@ -591,23 +596,24 @@ def profile_stage(name: str, a: argparse.Namespace) -> None:
     ctx = Ctx(teacher, student, device, a.batch_size, a.infer_batch_size or a.batch_size, a.seq_length, a.lengths,
               a.seed, ph, {})
     step, enc = build_stage(name, ctx, total_steps=a.warmup + 3)
-    for _ in range(max(1, a.warmup)):
+    with parameter_views(p for m in ctx.models.values() for p in m.parameters()):  # as the trainer
+        for _ in range(max(1, a.warmup)):
+            step()
+        sync(device)
+        t = time.perf_counter()
         step()
-    sync(device)
-    t = time.perf_counter()
-    step()
-    sync(device)
-    plain_ms = (time.perf_counter() - t) * 1e3
-    timer = ModuleTimer(device)
-    for label, model in ctx.models.items():
-        timer.attach(label, model)
-    ph.enabled = timer.enabled = True
-    t = time.perf_counter()
-    ph.start()
-    step()
-    sync(device)
-    prof_ms = (time.perf_counter() - t) * 1e3
-    ph.enabled = timer.enabled = False
+        sync(device)
+        plain_ms = (time.perf_counter() - t) * 1e3
+        timer = ModuleTimer(device)
+        for label, model in ctx.models.items():
+            timer.attach(label, model)
+        ph.enabled = timer.enabled = True
+        t = time.perf_counter()
+        ph.start()
+        step()
+        sync(device)
+        prof_ms = (time.perf_counter() - t) * 1e3
+        ph.enabled = timer.enabled = False
 
     width = int(enc.attention_mask.sum(axis=1).max())
     print(f"\nprofile of one {name} step: {STAGES[name]}")

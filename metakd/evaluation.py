@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from metakd.features import Encoded, inference_batches, to_tensors
-from metakd.modeling import numpy_scope, parameter_views
+from metakd.modeling import parameter_views
 from metakd.runtime import all_reduce_sum_numpy, flow, shard
 
 
@@ -28,9 +28,8 @@ def predict_logits(model, enc: Encoded, batch_size: int, device, compat: str = "
     with flow.no_grad(), parameter_views(model.parameters()):  # frozen while predicting
         for idx in tqdm(batches, desc=desc, disable=None if progress else True, leave=False):
             b = to_tensors(enc, idx, device, trim=trim)
-            with numpy_scope():
-                out[idx] = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], compat=compat,
-                                 logits_only=True).logits.numpy()
+            out[idx] = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], compat=compat,
+                            logits_only=True).logits.numpy()
     model.train(was_training)
     return all_reduce_sum_numpy(out, device)
 

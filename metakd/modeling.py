@@ -167,7 +167,8 @@ _BLAS_MIN_MACS = 1 << 22
 # Every Tensor.numpy() is a round trip through OneFlow's VM thread: ~20 us on an idle CPU, but
 # 0.2-1.5 ms when the processes of a multi-process run share the cores (measured here), and a
 # BERT step asks hundreds of times. Within ``numpy_scope()`` (one training step's forward and
-# backward, one inference batch) each tensor is read once, and the tensors the Functions below
+# backward; not inference, where it would keep every layer's outputs alive to the end of the
+# batch) each tensor is read once, and the tensors the Functions below
 # make from arrays (outputs, what they save for the backward) are known without asking: _view,
 # _wrap (ctx.saved_tensors gives back the very objects saved; attributes set on a ctx are not
 # reliable in OneFlow 0.9). Safe because nothing writes those tensors in place inside a scope:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from metakd.errors import UserError
 from metakd.features import Encoded, inference_batches, to_tensors
 from metakd.meta_model import content_vector
-from metakd.modeling import numpy_scope, parameter_views
+from metakd.modeling import parameter_views
 from metakd.runtime import all_reduce_sum_numpy, flow, shard
 
 
@@ -32,9 +32,8 @@ def mean_embeddings(backbone, enc: Encoded, batch_size: int, device, compat: str
     with flow.no_grad(), parameter_views(backbone.parameters()):  # frozen while embedding
         for idx in tqdm(batches, desc="embeddings", disable=None if progress else True, leave=False):
             b = to_tensors(enc, idx, device, trim=trim)
-            with numpy_scope():
-                h = backbone(b["input_ids"], b["attention_mask"], b["token_type_ids"], unpad=trim).last_hidden_state
-                out[idx] = content_vector(h, b["attention_mask"], compat).numpy()
+            h = backbone(b["input_ids"], b["attention_mask"], b["token_type_ids"], unpad=trim).last_hidden_state
+            out[idx] = content_vector(h, b["attention_mask"], compat).numpy()
     return all_reduce_sum_numpy(out, device)
 
 

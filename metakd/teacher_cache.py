@@ -27,7 +27,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metakd.features import Encoded, inference_batches, to_tensors
-from metakd.modeling import _view, numpy_scope
 from metakd.runtime import all_reduce_sum_numpy, barrier, flow, rank, shard, single_node, world_size
 
 
@@ -119,10 +118,9 @@ class Stage1TeacherCache:
             for idx in tqdm(batches, desc="teacher targets",
                             disable=None if progress else True, leave=False):
                 b = to_tensors(data, idx, device, trim=True)
-                with numpy_scope():
-                    atts, hids, dom, lg = compute(b)
-                    a_np = np.stack([_view(t) for t in atts], axis=1)   # [B,P,A,L,L]
-                    h_np = np.stack([_view(t) for t in hids], axis=1)   # [B,Q,L,H]
+                atts, hids, dom, lg = compute(b)
+                a_np = np.stack([t.numpy() for t in atts], axis=1)   # [B,P,A,L,L]
+                h_np = np.stack([t.numpy() for t in hids], axis=1)   # [B,Q,L,H]
                 for r, row in enumerate(idx):
                     n = int(layout.lengths[row])
                     att[layout.att_offset[row]:layout.att_offset[row + 1]] = a_np[r, :, :, :n, :n].reshape(-1)
