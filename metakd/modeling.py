@@ -21,16 +21,16 @@ rounding). On CUDA everything is OneFlow's, with the fused LayerNorm kernel.
 """
 from __future__ import annotations
 
-import os
-
 import contextlib
 import dataclasses
+import functools
 import math
-
-import numpy as np
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
 
 from metakd.errors import UserError
 from metakd.fileio import read_json_object
@@ -356,10 +356,9 @@ def _layer_norm_backward(g: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, gamm
     return dz, dgamma, dbeta
 
 
+@functools.lru_cache(maxsize=None)
 def _numpy_layer_norm(eps: float):
-    """LayerNorm over the last axis as an autograd Function in numpy; cached per eps."""
-    if ("ln", eps) in _FUNCTIONS:
-        return _FUNCTIONS[("ln", eps)]
+    """LayerNorm over the last axis as an autograd Function in numpy; one class per eps."""
 
     class _NumpyLayerNorm(flow.autograd.Function):
         """z [..., H], gamma [H], beta [H] -> LayerNorm(z) [..., H]."""
@@ -378,7 +377,6 @@ def _numpy_layer_norm(eps: float):
             dz, dgamma, dbeta = _layer_norm_backward(g, xhat, rstd, gamma)
             return flow.from_numpy(dz.reshape(tuple(grad.shape))), flow.from_numpy(dgamma), flow.from_numpy(dbeta)
 
-    _FUNCTIONS[("ln", eps)] = _NumpyLayerNorm
     return _NumpyLayerNorm
 
 
@@ -435,12 +433,10 @@ class Dropout(nn.Dropout):
         return super().forward(x)
 
 
+@functools.lru_cache(maxsize=None)
 def _blas_attention(heads: int, scale: float):
     """The attention core for ``heads`` heads as one autograd Function in numpy's BLAS (Functions
-    take tensors only, so the constants live in the closure); cached per (heads, scale)."""
-    key = ("attention", heads, scale)
-    if key in _FUNCTIONS:
-        return _FUNCTIONS[key]
+    take tensors only, so the constants live in the closure); one class per (heads, scale)."""
     s32 = np.float32(scale)
 
     def split(x: np.ndarray) -> np.ndarray:  # [B,L,H] -> [B,A,L,d], a view
@@ -489,11 +485,7 @@ def _blas_attention(heads: int, scale: float):
             g_k = merge(g_p.transpose(0, 1, 3, 2) @ qh)
             return flow.from_numpy(g_q), flow.from_numpy(g_k), flow.from_numpy(g_v), None, None
 
-    _FUNCTIONS[key] = _BlasAttention
     return _BlasAttention
-
-
-_FUNCTIONS: Dict[tuple, Any] = {}  # autograd Functions made for constants (heads, eps)
 
 
 class _NumpyEmbedding(flow.autograd.Function):

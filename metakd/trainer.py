@@ -223,7 +223,7 @@ class Trainer:
                              if name.split(".")[-1] == "word_embeddings" and m.weight.requires_grad]
         broadcast_parameters(model)
         # Each global batch is split across the processes by real tokens (train_batches).
-        self.lengths = np.asarray(data.attention_mask).sum(axis=1) if self.world_size > 1 else None
+        self.lengths = data.lengths if self.world_size > 1 else None
         self.steps_per_epoch = len(train_batches(len(data), args.batch_size, args.seed, 0, self.rank, self.world_size,
                                                  self.lengths))
         total = args.epochs * self.steps_per_epoch

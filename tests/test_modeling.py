@@ -250,26 +250,46 @@ def test_blas_linear_matches_formula():
     np.testing.assert_allclose(bt.grad.numpy(), g.sum(axis=(0, 1)), atol=1e-5)
 
 
-def test_blas_matmul_bert_matches_oneflow_matmul(monkeypatch):
-    """The whole (unpadded) BERT with its dense layers in numpy's BLAS: same outputs and gradients."""
+def _kernel_runs(monkeypatch, seed: int, unpad: bool, cls_only: bool = False, scope: bool = False,
+                 stage1_terms: bool = False):
+    """A tiny BERT (no dropout) run once with OneFlow's CPU kernels and once with the numpy paths
+    on (``_BLAS_MIN_MACS`` 0, as a tiny model's products are below it): [(pooler output,
+    {parameter: gradient})] for each. The loss is a random projection of the pooler output, plus
+    with ``stage1_terms`` squared attention scores and hidden states over real tokens (what
+    stage 1 takes); ``scope``: inside numpy_scope(), as the trainer runs a step."""
+    import contextlib
+
     import metakd.modeling as modeling
 
     flow.manual_seed(0)
     model = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     mask = (np.arange(9)[None] < np.array([[9], [4], [6]])).astype(np.int64)
     ids = flow.tensor(rng.integers(5, 50, size=(3, 9)) * mask)
     w_pool = flow.tensor(rng.normal(size=(3, 16)).astype(np.float32))
     runs = []
     for how in ("oneflow", "blas"):
         monkeypatch.setattr(modeling, "_CPU_MATMUL", how)
-        monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)  # a tiny model's products are below the threshold
-        model.zero_grad()
-        out = model(ids, flow.tensor(mask), unpad=True)
-        (out.pooler_output * w_pool).sum().backward()
+        monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)
+        model.zero_grad(set_to_none=True)
+        with modeling.numpy_scope() if scope else contextlib.nullcontext():
+            out = model(ids, flow.tensor(mask), unpad=unpad, cls_only=cls_only, output_hidden_states=stage1_terms,
+                        output_attention_scores=stage1_terms)
+            loss = (out.pooler_output * w_pool).sum()
+            if stage1_terms:
+                m = flow.tensor(mask.astype(np.float32))
+                loss = loss + sum((s * s * m.view(3, 1, 1, 9)).sum() for s in out.attention_scores) * 0.01 \
+                    + sum((hs * hs * m.unsqueeze(-1)).sum() for hs in out.hidden_states) * 0.01
+            loss.backward()
         runs.append((out.pooler_output.numpy(), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}))
-    np.testing.assert_allclose(runs[1][0], runs[0][0], atol=1e-5)
     assert runs[0][1].keys() == runs[1][1].keys() and len(runs[0][1]) > 20
+    return runs
+
+
+def test_blas_matmul_bert_matches_oneflow_matmul(monkeypatch):
+    """The whole (unpadded) BERT with its dense layers in numpy's BLAS: same outputs and gradients."""
+    runs = _kernel_runs(monkeypatch, seed=4, unpad=True)
+    np.testing.assert_allclose(runs[1][0], runs[0][0], atol=1e-5)
     for k in runs[0][1]:
         np.testing.assert_allclose(runs[1][1][k], runs[0][1][k], atol=1e-5, rtol=1e-4, err_msg=k)
 
@@ -378,33 +398,8 @@ def test_numpy_kernels_bert_matches_oneflow_kernels(monkeypatch, unpad, cls_only
     embeddings) against OneFlow's kernels: same outputs and gradients, including a loss on the
     attention scores and hidden states, as stage 1 takes them; with ``scope``, inside
     numpy_scope() (tensors read once), as the trainer runs a step."""
-    import contextlib
-
-    import metakd.modeling as modeling
-
-    flow.manual_seed(0)
-    model = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    rng = np.random.default_rng(7)
-    mask = (np.arange(9)[None] < np.array([[9], [4], [6]])).astype(np.int64)
-    ids = flow.tensor(rng.integers(5, 50, size=(3, 9)) * mask)
-    w_pool = flow.tensor(rng.normal(size=(3, 16)).astype(np.float32))
-    runs = []
-    for how in ("oneflow", "blas"):
-        monkeypatch.setattr(modeling, "_CPU_MATMUL", how)
-        monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)  # a tiny model's products are below the threshold
-        model.zero_grad(set_to_none=True)
-        with modeling.numpy_scope() if scope else contextlib.nullcontext():
-            out = model(ids, flow.tensor(mask), unpad=unpad, cls_only=cls_only, output_hidden_states=not cls_only,
-                        output_attention_scores=not cls_only)
-            loss = (out.pooler_output * w_pool).sum()
-            if not cls_only:
-                m = flow.tensor(mask.astype(np.float32))
-                loss = loss + sum((s * s * m.view(3, 1, 1, 9)).sum() for s in out.attention_scores) * 0.01 \
-                    + sum((hs * hs * m.unsqueeze(-1)).sum() for hs in out.hidden_states) * 0.01
-            loss.backward()
-        runs.append((out.pooler_output.numpy(), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}))
+    runs = _kernel_runs(monkeypatch, seed=7, unpad=unpad, cls_only=cls_only, scope=scope, stage1_terms=not cls_only)
     np.testing.assert_allclose(runs[1][0], runs[0][0], atol=1e-5)
-    assert runs[0][1].keys() == runs[1][1].keys() and len(runs[0][1]) > 20
     for k in runs[0][1]:
         scale = max(1.0, np.abs(runs[0][1][k]).max())
         np.testing.assert_allclose(runs[1][1][k] / scale, runs[0][1][k] / scale, atol=2e-5, err_msg=k)
