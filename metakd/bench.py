@@ -328,31 +328,24 @@ class Ctx:
     models: Dict[str, object]  # label -> module, for the profiler's hooks
 
 
-def _optimizer(model, total_steps: int):
-    from metakd.optim import make_optimizer
+def _update(model, total_steps: int):
+    from metakd.optim import make_update
 
-    return make_optimizer(model, LR, WEIGHT_DECAY, total_steps, WARMUP_PROPORTION)
+    return make_update(model, LR, WEIGHT_DECAY, total_steps, WARMUP_PROPORTION, max_grad_norm=MAX_GRAD_NORM)
 
 
-def _trainer_step(model, optimizer, scheduler, step_loss: Callable[[], tuple], ph: Phases) -> None:
-    """The body of Trainer.fit for one step (loss read before backward, clip, step, schedule)."""
-    from metakd.runtime import flow
+def _trainer_step(update, step_loss: Callable[[], tuple], ph: Phases) -> None:
+    """The body of Trainer.fit for one step (loss read before backward, gradients, clip, AdamW, schedule)."""
     from metakd.modeling import numpy_scope
-    from metakd.modeling import sync as model_sync
-    from metakd.trainer import fill_missing_grads
 
     with numpy_scope():  # as the trainer
         loss, logs = step_loss()
         float(loss.numpy())  # the trainer's non-finite check reads the loss here
         ph.mark("loss to host")
         loss.backward()
-    fill_missing_grads(model.parameters())
     ph.mark("backward")
-    flow.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-    optimizer.step()
-    model_sync()  # the parameters' cached views are read next (parameter_views)
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    update.gradients()
+    update.apply()
     ph.mark("clip + AdamW + schedule")
     for v in logs.values():
         float(v.numpy())
@@ -420,7 +413,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
 
         model = meta_model(ctx.teacher).to(device).train()
         ctx.models["teacher"] = model
-        optimizer, scheduler = _optimizer(model, total_steps)
+        update = _update(model, total_steps)
         counter = [0]
 
         def step_loss():
@@ -434,7 +427,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
             ph.mark("forward + loss")
             return r
 
-        return (lambda: _trainer_step(model, optimizer, scheduler, step_loss, ph)), enc
+        return (lambda: _trainer_step(update, step_loss, ph)), enc
 
     # Evaluation loads the student alone; distillation adds a frozen teacher (eval mode, no grad).
     student = meta_model(ctx.student, fit_size=ctx.teacher.config.hidden_size).to(device)
@@ -455,7 +448,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
     ctx.models["teacher"] = teacher  # also keeps it alive, as distill.py does, for stage2_cached
 
     student.train()
-    optimizer, scheduler = _optimizer(student, total_steps)
+    update = _update(student, total_steps)
 
     if name in ("stage1_step", "stage1_cached"):
         from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, stage1_loss
@@ -532,7 +525,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
     else:
         raise ValueError(f"unknown stage {name!r}")
 
-    return (lambda: _trainer_step(student, optimizer, scheduler, step_loss, ph)), enc
+    return (lambda: _trainer_step(update, step_loss, ph)), enc
 
 
 def run_stage(name: str, a: argparse.Namespace) -> dict:

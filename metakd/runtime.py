@@ -123,11 +123,30 @@ def all_reduce_mean_grads(parameters, row_ids: Optional[Dict[int, flow.Tensor]] 
     table that is a few thousand rows instead of half the model. The other rows are zero on every
     process, so their mean is the zero they already hold.
     """
-    n = world_size()
-    if n <= 1:
+    if world_size() <= 1:
         return
-    row_ids = row_ids or {}
     params = [p for p in parameters if p.requires_grad]
+    flat, sent, rows_of = _flat_mean_grads(params, row_ids or {})
+    offset = 0
+    with flow.no_grad():
+        for p, shape in zip(params, sent):
+            k = int(np.prod(shape))
+            chunk = flat[offset:offset + k].reshape(shape)
+            offset += k
+            if id(p) in rows_of:
+                if p.grad is None:
+                    p.grad = flow.zeros_like(p)
+                p.grad[rows_of[id(p)]] = chunk
+            elif p.grad is None:
+                p.grad = chunk
+            else:
+                p.grad.copy_(chunk)
+
+
+def _flat_mean_grads(params, row_ids: Dict[int, flow.Tensor]):
+    """all_reduce_mean_grads' collective: (flat mean gradient, the shape each parameter sent,
+    {id(table): the rows sent}). Absent gradients count as zeros."""
+    n = world_size()
     chunks, rows_of = [], {}
     for p in params:
         g = p.grad if p.grad is not None else flow.zeros_like(p)
@@ -141,21 +160,31 @@ def all_reduce_mean_grads(parameters, row_ids: Optional[Dict[int, flow.Tensor]] 
         chunks.append(g)
     flat = flow.cat([g.reshape(-1) for g in chunks])
     flow.comm.all_reduce(flat)
-    flat = flat / n
-    offset = 0
-    with flow.no_grad():
-        for p, g in zip(params, chunks):
-            k = g.numel()
-            chunk = flat[offset:offset + k].reshape(g.shape)
-            offset += k
-            if id(p) in rows_of:
-                if p.grad is None:
-                    p.grad = flow.zeros_like(p)
-                p.grad[rows_of[id(p)]] = chunk
-            elif p.grad is None:
-                p.grad = chunk
-            else:
-                p.grad.copy_(chunk)
+    return flat / n, [tuple(g.shape) for g in chunks], rows_of
+
+
+def mean_grads_numpy(parameters, row_ids: Optional[Dict[int, flow.Tensor]] = None) -> list:
+    """The gradients of ``parameters`` (those that require one) as numpy arrays, averaged over
+    the processes like ``all_reduce_mean_grads``, without writing them back: with several
+    processes the flat mean is read in one round trip (``Tensor.numpy()`` is one each), a
+    table's rows are scattered into zeros. One process: each ``.grad`` read as is, None where
+    the step gave none."""
+    params = [p for p in parameters if p.requires_grad]
+    if world_size() <= 1:
+        return [None if p.grad is None else p.grad.numpy() for p in params]
+    flat, sent, rows_of = _flat_mean_grads(params, row_ids or {})
+    flat = flat.numpy()
+    out, offset = [], 0
+    for p, shape in zip(params, sent):
+        k = int(np.prod(shape))
+        chunk = flat[offset:offset + k].reshape(shape)
+        offset += k
+        if id(p) in rows_of:
+            dense = np.zeros(tuple(p.shape), dtype=flat.dtype)
+            dense[rows_of[id(p)].numpy()] = chunk
+            chunk = dense
+        out.append(chunk)
+    return out
 
 
 def broadcast_parameters(module) -> None:

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 from metakd.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
 from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
-from metakd.modeling import numpy_scope, parameter_views, sync
-from metakd.optim import make_optimizer
-from metakd.runtime import all_reduce_mean_grads, barrier, broadcast_parameters, flow
+from metakd.modeling import numpy_scope, parameter_views
+from metakd.optim import fill_missing_grads, make_update  # noqa: F401 (fill_missing_grads: part of this module's API)
+from metakd.runtime import barrier, broadcast_parameters, flow
 from metakd.runtime import rank as rank_of_process
 from metakd.runtime import world_size as processes
 
@@ -163,14 +163,6 @@ def seed_step(seed: int, rank: int, step: int, generators: Sequence) -> None:
             g.manual_seed(int(value >> np.uint64(1)))
 
 
-def fill_missing_grads(parameters) -> None:
-    """A zero gradient for every trainable parameter the step did not reach, as if gradients had
-    been zeroed before it (AdamW still decays such a parameter and its moments)."""
-    for p in parameters:
-        if p.requires_grad and p.grad is None:
-            p.grad = flow.zeros_like(p)
-
-
 def data_fingerprint(data: Encoded) -> str:
     """A hash of the encoded training data: a saved state is resumed only on the same data."""
     h = hashlib.sha256()
@@ -228,9 +220,10 @@ class Trainer:
                                                  self.lengths))
         total = args.epochs * self.steps_per_epoch
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
-        self.optimizer, self.scheduler = make_optimizer(model, args.lr, args.weight_decay, self.total_steps,
-                                                        args.warmup_proportion, eps=args.adam_eps)
+        self.update = make_update(model, args.lr, args.weight_decay, self.total_steps, args.warmup_proportion,
+                                  eps=args.adam_eps, max_grad_norm=args.max_grad_norm)
         fp = {"stage": stage, "n_train": len(data), "data": data_fingerprint(data), "world_size": self.world_size,
+              "update": type(self.update).__name__,  # its saved state has this one's layout
               **asdict(args), **(fingerprint or {})}
         fp.pop("resume", None)
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -251,7 +244,7 @@ class Trainer:
             return
         with atomic_dir(self.state_dir) as tmp:
             save_file(state_dict_numpy(self.model), str(tmp / "model.safetensors"), metadata={"format": "metakd-resume"})
-            flow.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, str(tmp / "optim"))
+            flow.save(self.update.state_dict(), str(tmp / "optim"))
             write_json(tmp / "progress.json", {
                 "fingerprint": self.fingerprint, "weights_sha256": sha256_file(tmp / "model.safetensors"),
                 "rng": "re-seeded every step from (seed, rank, step)", "progress": asdict(self.progress)})
@@ -282,8 +275,7 @@ class Trainer:
             raise self._damaged("the weights do not match the model")
         st = load_flow_state(d / "optim", "the saved optimizer state", fix)
         try:
-            self.optimizer.load_state_dict(st["optimizer"])
-            self.scheduler.load_state_dict(st["scheduler"])
+            self.update.load_state_dict(st)
         except (KeyError, ValueError, TypeError):
             raise self._damaged("optimizer state does not fit the model") from None
         self.progress = progress
@@ -410,22 +402,14 @@ class Trainer:
                             if not math.isfinite(loss_value) and self.world_size == 1:
                                 raise self._diverged("loss", loss_value, step)
                             loss.backward()
-                        fill_missing_grads(self.model.parameters())
-                        # With several processes every one must reach the all-reduce; a non-finite loss
-                        # on one of them makes the averaged gradient non-finite on all, so all stop below.
-                        all_reduce_mean_grads(self.model.parameters(), {id(w): batch["input_ids"] for w in self.token_tables})
-                        grad_norm = float(flow.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm).numpy())
+                        # Averaged over the processes (a non-finite loss on one of them makes the mean
+                        # non-finite on all, so all stop below), then clipped and applied.
+                        grad_norm = self.update.gradients({id(w): batch["input_ids"] for w in self.token_tables})
                         if not math.isfinite(loss_value):
                             raise self._diverged("loss", loss_value, step)
                         if not math.isfinite(grad_norm):
                             raise self._diverged("gradient norm", grad_norm, step)
-                        self.optimizer.step()
-                        sync()  # the parameters' cached views are read next (parameter_views)
-                        self.scheduler.step()
-                        # None rather than zeros: the next backward then writes the gradients instead of adding
-                        # them to a zeroed copy (two passes over the model less); fill_missing_grads keeps
-                        # AdamW's treatment of a parameter that gets no gradient (zeros, not a skipped step).
-                        self.optimizer.zero_grad(set_to_none=True)
+                        self.update.apply()
                         p.global_step = step + 1
                         p.train_seconds += time.perf_counter() - t0
                         p.samples_seen += len(idx) * self.world_size
@@ -438,7 +422,7 @@ class Trainer:
                         bar.update(1)
                         if p.global_step % args.log_every == 0 or p.global_step == self.total_steps:
                             dt = time.perf_counter() - t_log
-                            lr = self.optimizer.param_groups[0]["lr"]
+                            lr = self.update.lr
                             self._log(f"[{self.stage}] epoch {epoch + 1}/{args.epochs} step {p.global_step}/{self.total_steps} "
                                       + " ".join(f"{k} {v / n_running:.4f}" for k, v in running.items())
                                       + f" lr {lr:.3g} | {samples_since_log / max(dt, 1e-9):.1f} samples/s")

@@ -146,3 +146,118 @@ def test_make_optimizer_steps_change_params(model):
     changed = [n for n, p in model.named_parameters() if not np.array_equal(p.numpy(), before[n])]
     assert "classifier.weight" in changed and "backbone.encoder.layer.0.attention.self.query.weight" in changed
     assert "backbone.embeddings.LayerNorm.weight" in changed
+
+
+# -- the step-ending update: numpy on CPU against OneFlow's own AdamW + clip_grad_norm_ ------------
+
+def _twin_models(seed: int = 3):
+    flow.manual_seed(seed)
+    a = MetaBert(tiny_config(), num_labels=2, num_domains=3, fit_size=8)
+    b = MetaBert(tiny_config(), num_labels=2, num_domains=3, fit_size=8)
+    b.load_state_dict(a.state_dict())
+    return a.eval(), b.eval()  # no dropout: the same gradients in both
+
+
+def _loss(model, step: int, scale: float):
+    rng = np.random.default_rng(step)
+    ids = flow.tensor(rng.integers(1, 50, size=(3, 6)), dtype=flow.int64)
+    out = model(ids, flow.ones_like(ids), flow.zeros_like(ids))
+    labels = flow.tensor(rng.integers(0, 2, size=3), dtype=flow.int64)
+    return flow.nn.functional.cross_entropy(out.logits, labels) * scale
+
+
+@pytest.mark.parametrize("max_norm,scale", [(1.0, 1.0), (0.05, 10.0)])  # second: every step clipped
+def test_numpy_update_matches_oneflow_adamw_and_clip(max_norm, scale):
+    from metakd.optim import FlowUpdate, NumpyUpdate
+
+    a, b = _twin_models()
+    kw = dict(lr=5e-3, weight_decay=0.01, total_steps=6, warmup_proportion=0.34, eps=1e-6, max_grad_norm=max_norm)
+    ua, ub = FlowUpdate(a, **kw), NumpyUpdate(b, **kw)
+    for step in range(5):
+        assert ub.lr == pytest.approx(ua.lr, rel=1e-12)
+        _loss(a, step, scale).backward()
+        _loss(b, step, scale).backward()
+        na, nb = ua.gradients(), ub.gradients()
+        assert nb == pytest.approx(na, rel=1e-4)
+        if max_norm < 1:
+            assert na > max_norm  # the clipping path is exercised
+        ua.apply()
+        ub.apply()
+        assert all(p.grad is None for p in b.parameters())
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_allclose(pb.numpy(), pa.numpy(), rtol=1e-4, atol=2e-6, err_msg=name)
+
+
+def test_numpy_update_one_step_written_out():
+    """Step 1 with clipping: g' = g * c, c = max_norm / (|g| + 1e-6); m_hat = g', v_hat = g'^2, so
+    p -= lr * g' / (|g'| + eps) + lr * wd * p; no decay on the bias."""
+    from metakd.optim import NumpyUpdate
+
+    flow.manual_seed(1)
+    m = flow.nn.Linear(3, 2)
+    w0, b0 = m.weight.numpy().copy(), m.bias.numpy().copy()
+    lr, wd, max_norm = 0.1, 0.05, 0.5
+    up = NumpyUpdate(m, lr=lr, weight_decay=wd, total_steps=1, warmup_proportion=0.0, max_grad_norm=max_norm)
+    x = np.array([[1.0, -2.0, 0.0], [0.5, 1.0, 0.0]], np.float32)
+    (m(flow.tensor(x)).sum() * 3).backward()
+    gw, gb = m.weight.grad.numpy().copy(), m.bias.grad.numpy().copy()
+    norm = np.sqrt((gw.astype(np.float64) ** 2).sum() + (gb.astype(np.float64) ** 2).sum())
+    assert up.gradients() == pytest.approx(norm, rel=1e-6)
+    c = max_norm / (norm + 1e-6)
+    up.apply()
+    eps = 1e-6
+    np.testing.assert_allclose(m.weight.numpy(), w0 - lr * gw * c / (np.abs(gw * c) + eps) - lr * wd * w0, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m.bias.numpy(), b0 - lr * gb * c / (np.abs(gb * c) + eps), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m.weight.numpy()[:, 2], w0[:, 2] * (1 - lr * wd), rtol=1e-6)  # zero gradient: decay only
+
+
+def test_numpy_update_parameter_without_gradient_decays():
+    from metakd.optim import NumpyUpdate
+
+    used, unused = flow.nn.Linear(2, 1), flow.nn.Linear(2, 1)
+    model = flow.nn.ModuleList([used, unused])
+    before = unused.weight.numpy().copy()
+    up = NumpyUpdate(model, lr=0.1, weight_decay=0.5, total_steps=10, warmup_proportion=0.0)
+    used(flow.ones(3, 2)).sum().backward()
+    assert unused.weight.grad is None
+    up.gradients()
+    up.apply()
+    np.testing.assert_allclose(unused.weight.numpy(), before * (1 - 0.1 * 0.5), rtol=1e-6)
+
+
+def test_numpy_update_state_round_trip(tmp_path):
+    """Saved after 2 steps and loaded into a fresh update, the next steps are those of a run that
+    never stopped; a state for other parameters is refused."""
+    from metakd.optim import NumpyUpdate
+
+    a, b = _twin_models(5)
+    kw = dict(lr=5e-3, weight_decay=0.01, total_steps=6, warmup_proportion=0.34)
+    ua, ub = NumpyUpdate(a, **kw), NumpyUpdate(b, **kw)
+    for step in range(2):
+        for model, up in ((a, ua), (b, ub)):
+            _loss(model, step, 1.0).backward()
+            up.gradients()
+            up.apply()
+    flow.save(ub.state_dict(), str(tmp_path / "optim"))
+    ub = NumpyUpdate(b, **kw)
+    ub.load_state_dict(flow.load(str(tmp_path / "optim")))
+    assert ub.lr == ua.lr
+    for step in range(2, 4):
+        for model, up in ((a, ua), (b, ub)):
+            _loss(model, step, 1.0).backward()
+            up.gradients()
+            up.apply()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(pb.numpy(), pa.numpy())
+    with pytest.raises(ValueError):
+        NumpyUpdate(flow.nn.Linear(2, 2), **kw).load_state_dict(ua.state_dict())
+
+
+def test_make_update_numpy_on_cpu_oneflow_on_request(monkeypatch):
+    from metakd import modeling
+    from metakd.optim import FlowUpdate, NumpyUpdate, make_update
+
+    m = flow.nn.Linear(2, 2)
+    assert type(make_update(m, 1e-3, 0.0, 10, 0.1)) is NumpyUpdate
+    monkeypatch.setattr(modeling, "_CPU_MATMUL", "oneflow")
+    assert type(make_update(m, 1e-3, 0.0, 10, 0.1)) is FlowUpdate
