@@ -277,36 +277,43 @@ class _BlasLinear(flow.autograd.Function):
 # from t^0 up.
 _ERFC_POLY = [np.float32(c) for c in (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
                                       -1.13520398, 1.48851587, -0.82215223, 0.17087277)]
-_GELU_CHUNK = 1 << 17  # elements per block, so that the temporaries stay in cache
+_GELU_CHUNK = 1 << 15  # elements per block, so that the temporaries stay in L2 (1 << 17 was 2x slower)
 
 
 def _gelu_block(x: np.ndarray, y: np.ndarray, dy: Optional[np.ndarray]) -> None:
     """y = x Phi(x) and, unless ``dy`` is None, dy = Phi(x) + x phi(x), its derivative; float32,
-    written in place."""
-    z = np.abs(x)
-    z *= np.float32(1.0 / math.sqrt(2.0))
-    t = z * np.float32(0.5)
-    t += np.float32(1.0)
-    np.reciprocal(t, out=t)
+    written in place. Written as (x + |x|)/2 - |x| Phi(-|x|), which needs no select between the
+    two signs (np.where cost as much as a fifth of the rest); each pass is one ufunc on the block."""
+    f32 = np.float32
+    a = np.abs(x)
+    t = a * f32(0.5 / math.sqrt(2.0))
+    t += f32(1.0)
+    np.reciprocal(t, out=t)                  # t = 1 / (1 + z/2), z = |x| / sqrt 2
     p = t * _ERFC_POLY[-1]
     for c in _ERFC_POLY[-2:0:-1]:
         p += c
         p *= t
     p += _ERFC_POLY[0]
-    z *= z                                   # x^2 / 2
-    p -= z
+    e = np.square(a)
+    e *= f32(-0.5)                           # -x^2 / 2
+    p += e
     np.exp(p, out=p)
-    p *= t
-    p *= np.float32(0.5)                     # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
-    cdf = np.where(x >= 0, np.float32(1.0) - p, p)
-    np.multiply(x, cdf, out=y)
+    p *= t                                   # erfc(z) = 2 Phi(-|x|)
+    if dy is not None:
+        cdf = p * f32(-0.5)
+        cdf += f32(0.5)
+        np.copysign(cdf, x, out=cdf)
+        cdf += f32(0.5)                      # Phi(x) = 1/2 + sign(x) (1/2 - Phi(-|x|))
+    p *= a
+    np.add(x, a, out=y)
+    y -= p
+    y *= f32(0.5)
     if dy is None:
         return
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    z *= np.float32(1.0 / math.sqrt(2.0 * math.pi))   # phi(x)
-    z *= x
-    np.add(cdf, z, out=dy)
+    np.exp(e, out=e)
+    e *= f32(1.0 / math.sqrt(2.0 * math.pi))  # phi(x)
+    e *= x
+    np.add(cdf, e, out=dy)
 
 
 def _gelu_numpy(x: np.ndarray, derivative: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -408,8 +415,9 @@ class _NumpyRNG:
 
     def keep_scale(self, shape, p: float) -> np.ndarray:
         """float32 mask of ``shape``: 1/(1-p) where kept (probability 1-p), else 0."""
-        u = self._rng.random(shape, dtype=np.float32)
-        return np.multiply(u >= p, np.float32(1.0 / (1.0 - p)), dtype=np.float32)
+        keep = (self._rng.random(shape, dtype=np.float32) >= np.float32(p)).astype(np.float32)
+        keep *= np.float32(1.0 / (1.0 - p))  # (not np.multiply(bool, scale, dtype=...): that cast is 20x slower)
+        return keep
 
 
 class Dropout(nn.Dropout):
