@@ -242,18 +242,26 @@ def _wrap(a: np.ndarray) -> flow.Tensor:
     return t
 
 
-def _linear_forward(x: np.ndarray, weight: flow.Tensor, bias: flow.Tensor) -> np.ndarray:
-    """x [..., in] -> x W^T + b as [N, out] numpy."""
-    y = x.reshape(-1, x.shape[-1]) @ _view(weight).T
-    y += _view(bias)
+def _affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x [..., in], W [out, in], b [out] -> x W^T + b as [N, out]."""
+    y = x.reshape(-1, x.shape[-1]) @ w.T
+    y += b
     return y
 
 
+def _linear_forward(x: np.ndarray, weight: flow.Tensor, bias: flow.Tensor) -> np.ndarray:
+    """``_affine`` with the layer's tensors."""
+    return _affine(x, _view(weight), _view(bias))
+
+
+def _linear_grads(g: np.ndarray, x: np.ndarray, w: np.ndarray):
+    """Gradients of y = x W^T + b for g = dL/dy as [N,out]: (dx like x, dW, db), numpy."""
+    return (g @ w).reshape(x.shape), g.T @ x.reshape(-1, x.shape[-1]), g.sum(axis=0)
+
+
 def _linear_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray):
-    """Gradients of y = x W^T + b for g = dL/dy as [N,out]: (dx like x, dW, db) as tensors."""
-    grad_x = (g @ w).reshape(x.shape)
-    grad_w = g.T @ x.reshape(-1, x.shape[-1])
-    return flow.from_numpy(grad_x), flow.from_numpy(grad_w), flow.from_numpy(g.sum(axis=0))
+    """``_linear_grads`` as tensors."""
+    return tuple(flow.from_numpy(a) for a in _linear_grads(g, x, w))
 
 
 class _BlasLinear(flow.autograd.Function):
@@ -441,19 +449,55 @@ class Dropout(nn.Dropout):
         return super().forward(x)
 
 
+def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """[B,L,H] -> [B,A,L,d], a view."""
+    b, l, h = x.shape
+    return x.reshape(b, l, heads, h // heads).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x: np.ndarray) -> np.ndarray:
+    """[B,A,L,d] -> [B,L,H], a copy."""
+    b, a, l, d = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, l, a * d)
+
+
+def _attention_forward(qs: np.ndarray, k: np.ndarray, v: np.ndarray, additive_mask: np.ndarray,
+                       keep: Optional[np.ndarray], heads: int):
+    """qs [B,Lq,H] (already scaled), k, v [B,L,H], additive_mask [B,1,1,L], keep [B,A,Lq,L] or
+    None -> (context [B,Lq,H], scores [B,A,Lq,L] = qs k^T, softmax(scores + mask) [B,A,Lq,L])."""
+    scores = _split_heads(qs, heads) @ _split_heads(k, heads).transpose(0, 1, 3, 2)
+    sm = scores + additive_mask
+    sm -= sm.max(axis=-1, keepdims=True)
+    np.exp(sm, out=sm)
+    sm /= sm.sum(axis=-1, keepdims=True)
+    probs = sm * keep if keep is not None else sm
+    return _merge_heads(probs @ _split_heads(v, heads)), scores, sm
+
+
+def _attention_backward(g_context: np.ndarray, g_scores: Optional[np.ndarray], qs: np.ndarray, k: np.ndarray,
+                        v: np.ndarray, sm: np.ndarray, keep: Optional[np.ndarray], heads: int):
+    """Gradients of ``_attention_forward`` for dL/dcontext [B,Lq,H] and dL/dscores (or None):
+    (d qs, dk, dv), each [B,*,H]."""
+    qh, kh, vh = _split_heads(qs, heads), _split_heads(k, heads), _split_heads(v, heads)
+    gh = _split_heads(g_context, heads)
+    probs = sm * keep if keep is not None else sm
+    g_v = _merge_heads(probs.transpose(0, 1, 3, 2) @ gh)
+    g_p = gh @ vh.transpose(0, 1, 3, 2)                      # d loss / d probs
+    if keep is not None:
+        g_p *= keep
+    g_z = (g_p * sm).sum(axis=-1, keepdims=True)             # softmax backward
+    np.subtract(g_p, g_z, out=g_p)
+    g_p *= sm
+    if g_scores is not None:
+        g_p += g_scores
+    return _merge_heads(g_p @ kh), _merge_heads(g_p.transpose(0, 1, 3, 2) @ qh), g_v
+
+
 @functools.lru_cache(maxsize=None)
 def _blas_attention(heads: int, scale: float):
     """The attention core for ``heads`` heads as one autograd Function in numpy's BLAS (Functions
     take tensors only, so the constants live in the closure); one class per (heads, scale)."""
     s32 = np.float32(scale)
-
-    def split(x: np.ndarray) -> np.ndarray:  # [B,L,H] -> [B,A,L,d], a view
-        b, l, h = x.shape
-        return x.reshape(b, l, heads, h // heads).transpose(0, 2, 1, 3)
-
-    def merge(x: np.ndarray) -> np.ndarray:  # [B,A,L,d] -> [B,L,H], a copy
-        b, a, l, d = x.shape
-        return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, l, a * d)
 
     class _BlasAttention(flow.autograd.Function):
         """q [B,Lq,H], k, v [B,L,H], additive_mask [B,1,1,L], keep [B,A,Lq,L] dropout scale (or [0]: none)
@@ -462,35 +506,18 @@ def _blas_attention(heads: int, scale: float):
         @staticmethod
         def forward(ctx, q, k, v, additive_mask, keep):
             qs = _view(q) * s32
-            qh, kh, vh = split(qs), split(_view(k)), split(_view(v))
-            scores = qh @ kh.transpose(0, 1, 3, 2)
-            sm = scores + _view(additive_mask)
-            sm -= sm.max(axis=-1, keepdims=True)
-            np.exp(sm, out=sm)
-            sm /= sm.sum(axis=-1, keepdims=True)
-            probs = sm * _view(keep) if keep.numel() else sm
+            context, scores, sm = _attention_forward(qs, _view(k), _view(v), _view(additive_mask),
+                                                     _view(keep) if keep.numel() else None, heads)
             ctx.save_for_backward(_wrap(qs), k, v, _wrap(sm), keep)
-            return _wrap(merge(probs @ vh)), _wrap(scores)
+            return _wrap(context), _wrap(scores)
 
         @staticmethod
         def backward(ctx, g_context, g_scores):
             qs, k, v, sm, keep = ctx.saved_tensors
-            qh, kh, vh, sm = split(_view(qs)), split(_view(k)), split(_view(v)), _view(sm)
-            gh = split(_view(g_context))
-            dropped = keep.numel() > 0
-            kp = _view(keep) if dropped else None
-            probs = sm * kp if dropped else sm
-            g_v = merge(probs.transpose(0, 1, 3, 2) @ gh)
-            g_p = gh @ vh.transpose(0, 1, 3, 2)                      # d loss / d probs
-            if dropped:
-                g_p *= kp
-            g_z = (g_p * sm).sum(axis=-1, keepdims=True)             # softmax backward
-            np.subtract(g_p, g_z, out=g_p)
-            g_p *= sm
-            if g_scores is not None:
-                g_p += _view(g_scores)
-            g_q = merge(g_p @ kh) * s32
-            g_k = merge(g_p.transpose(0, 1, 3, 2) @ qh)
+            g_q, g_k, g_v = _attention_backward(
+                _view(g_context), None if g_scores is None else _view(g_scores), _view(qs), _view(k), _view(v),
+                _view(sm), _view(keep) if keep.numel() else None, heads)
+            g_q *= s32
             return flow.from_numpy(g_q), flow.from_numpy(g_k), flow.from_numpy(g_v), None, None
 
     return _BlasAttention
@@ -696,12 +723,165 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
+    def numpy_parameters(self) -> List[flow.Tensor]:
+        """The 16 tensors ``_numpy_layer`` takes, in its order."""
+        att, so, out = self.attention.self, self.attention.output, self.output
+        mods = (att.query, att.key, att.value, so.dense, so.LayerNorm, self.intermediate.dense, out.dense, out.LayerNorm)
+        return [t for m in mods for t in (m.weight, m.bias)]
+
     def forward(self, x: flow.Tensor, additive_mask: flow.Tensor, queries: Optional[int] = None,
                 unpad: Optional[Unpadding] = None, need_probs: bool = True):
         """x [B,L,H] -> (y [B,Lq,H], scores [B,A,Lq,L], probs [B,A,Lq,L]); Lq = ``queries`` or L.
         With ``unpad``: x [T,H] -> y [T,H] ([B,H] for ``queries=1``). ``need_probs=False``: probs may be None."""
+        if (_FUSE_LAYERS and queries is None and not need_probs and not x.is_cuda and _CPU_MATMUL == "blas"
+                and self.intermediate.act is _gelu and self.intermediate.dense.uses_blas(x)):
+            real = unpad.real if unpad is not None else _no_index()
+            if not flow.is_grad_enabled():  # inference: nothing to keep for a backward
+                y, scores, _ = _numpy_layer_forward(self, _view(x), _view(additive_mask), _index_view(real),
+                                                    [_view(t) for t in self.numpy_parameters()], save=False)
+                return _wrap(y.reshape(tuple(x.shape))), _wrap(scores), None
+            if "_numpy_fn" not in self.__dict__:
+                self.__dict__["_numpy_fn"] = _numpy_layer(self)
+            y, scores = self.__dict__["_numpy_fn"].apply(x, additive_mask, real, *self.numpy_parameters())
+            return y, scores, None
         a, scores, probs = self.attention(x, additive_mask, queries, unpad, need_probs)
         return self.output(self.intermediate(a), a), scores, probs
+
+
+# A whole BertLayer as one numpy autograd Function on CPU (training steps and inference; not
+# when attention maps are asked for or the last layer runs for [CLS] alone). Run module by module,
+# a layer puts about ten OneFlow ops between its numpy pieces (residual adds, dropout products,
+# pad/pack gathers, and in the backward gradient additions) and reads each incoming gradient
+# through a host round trip; here the layer's backward reads one. ``_FUSE_LAYERS = False``
+# (tests) runs the same numpy pieces module by module.
+_FUSE_LAYERS = True
+
+
+@functools.lru_cache(maxsize=None)
+def _no_index() -> flow.Tensor:
+    """The ``real`` argument of an unpacked layer (Functions take tensors only)."""
+    return flow.zeros(0, dtype=flow.int64)
+
+
+def _index_view(real: flow.Tensor) -> Optional[np.ndarray]:
+    return _view(real) if real.numel() else None
+
+
+def _numpy_layer_forward(layer: "BertLayer", x: np.ndarray, additive_mask: np.ndarray, real: Optional[np.ndarray],
+                         params: List[np.ndarray], save: bool):
+    """The layer in numpy: x [N,H] real tokens (packed at flat positions ``real`` of [B,L], or all
+    B*L of them when ``real`` is None), additive_mask [B,1,1,L] -> (y like x, scores [B,A,L,L],
+    what the backward needs, when ``save``). Dropout masks are drawn in the module-by-module
+    path's order from the same generators, so both paths draw the same masks."""
+    att, so, out = layer.attention.self, layer.attention.output, layer.output
+    wq, bq, wk, bk, wv, bv, wo1, bo1, g1, be1, wi, bi, wo2, bo2, g2, be2 = params
+    shape, h = x.shape, x.shape[-1]
+    x = x.reshape(-1, h)
+    b, l, heads = additive_mask.shape[0], additive_mask.shape[-1], att.num_heads
+
+    def pad(t: np.ndarray) -> np.ndarray:  # [N,H] -> [B,L,H]
+        if real is None:
+            return t.reshape(b, l, h)
+        z = np.zeros((b * l, h), t.dtype)
+        z[real] = t
+        return z.reshape(b, l, h)
+
+    def keep(d: "Dropout", shape) -> Optional[np.ndarray]:
+        return d.numpy_generator.keep_scale(shape, d.p) if d.training and d.p > 0 else None
+
+    q = _affine(x, wq, bq)
+    q *= np.float32(1.0 / math.sqrt(att.head_size))
+    qp, kp, vp = pad(q), pad(_affine(x, wk, bk)), pad(_affine(x, wv, bv))
+    k_att = keep(att.dropout, (b, heads, l, l))
+    context, scores, sm = _attention_forward(qp, kp, vp, additive_mask, k_att, heads)
+    c = context.reshape(b * l, h)
+    c = c if real is None else c[real]
+    d1 = _affine(c, wo1, bo1)
+    k1 = keep(so.dropout, d1.shape)
+    if k1 is not None:
+        d1 *= k1
+    d1 += x
+    a, xh1, rs1 = _layer_norm_forward(d1, g1, be1, so.LayerNorm.eps)
+    hg, dg = _gelu_numpy(_affine(a, wi, bi), derivative=save)
+    d2 = _affine(hg, wo2, bo2)
+    k2 = keep(out.dropout, d2.shape)
+    if k2 is not None:
+        d2 *= k2
+    d2 += a
+    y, xh2, rs2 = _layer_norm_forward(d2, g2, be2, out.LayerNorm.eps)
+    saved = (x, qp, kp, vp, sm, k_att, c, k1, xh1, rs1, a, dg, hg, k2, xh2, rs2) if save else None
+    return y.reshape(shape), scores, saved
+
+
+def _numpy_layer_backward(layer: "BertLayer", gy: np.ndarray, g_scores: Optional[np.ndarray], real: Optional[np.ndarray],
+                          params: List[np.ndarray], saved) -> list:
+    """Gradients of ``_numpy_layer_forward`` for dL/dy and dL/dscores (or None): [dx, then one per parameter]."""
+    att = layer.attention.self
+    wq, bq, wk, bk, wv, bv, wo1, bo1, g1, be1, wi, bi, wo2, bo2, g2, be2 = params
+    x, qp, kp, vp, sm, k_att, c, k1, xh1, rs1, a, dg, hg, k2, xh2, rs2 = saved
+    b, l, h = qp.shape
+    gd2, gg2, gbe2 = _layer_norm_backward(gy.reshape(-1, h), xh2, rs2, g2)
+    ghg, gwo2, gbo2 = _linear_grads(gd2 * k2 if k2 is not None else gd2, hg, wo2)
+    ghg *= dg
+    ga, gwi, gbi = _linear_grads(ghg, a, wi)
+    ga += gd2                                                   # the residual around the feed-forward
+    gd1, gg1, gbe1 = _layer_norm_backward(ga, xh1, rs1, g1)
+    gc, gwo1, gbo1 = _linear_grads(gd1 * k1 if k1 is not None else gd1, c, wo1)
+    if real is None:
+        gcp = gc.reshape(b, l, h)
+    else:
+        gcp = np.zeros((b * l, h), gc.dtype)
+        gcp[real] = gc
+        gcp = gcp.reshape(b, l, h)
+    gq, gk, gv = _attention_backward(gcp, g_scores, qp, kp, vp, sm, k_att, att.num_heads)
+
+    def pack(t: np.ndarray) -> np.ndarray:
+        t = t.reshape(b * l, h)
+        return t if real is None else t[real]
+
+    gq = pack(gq)
+    gq *= np.float32(1.0 / math.sqrt(att.head_size))
+    gk, gv = pack(gk), pack(gv)
+    gx = gd1                                                    # the residual around attention
+    gx += gq @ wq
+    gx += gk @ wk
+    gx += gv @ wv
+    grads = [gx]
+    for g, w in ((gq, wq), (gk, wk), (gv, wv)):
+        grads += [g.T @ x, g.sum(axis=0)]
+    return grads + [gwo1, gbo1, gg1, gbe1, gwi, gbi, gwo2, gbo2, gg2, gbe2]
+
+
+def _numpy_layer(layer: "BertLayer"):
+    """The autograd Function for ``layer`` (one class per layer: the closure holds the module,
+    whose dropout generators and constants the numpy code reads)."""
+
+    class _NumpyBertLayer(flow.autograd.Function):
+        """x [N,H] or [B,L,H], additive_mask [B,1,1,L], real [T] int64 (or [0]), 16 parameters
+        -> (y like x, scores [B,A,L,L])."""
+
+        @staticmethod
+        def forward(ctx, x, additive_mask, real, *params):
+            y, scores, saved = _numpy_layer_forward(layer, _view(x), _view(additive_mask), _index_view(real),
+                                                    [_view(p) for p in params], save=True)
+            empty = np.zeros(0, np.float32)
+            ctx.save_for_backward(x, real, *params, *(x if i == 0 else _wrap(empty if t is None else t)
+                                                      for i, t in enumerate(saved)))
+            return _wrap(y.reshape(tuple(x.shape))), _wrap(scores)
+
+        @staticmethod
+        def backward(ctx, gy, g_scores):
+            tensors = ctx.saved_tensors
+            x, real, params, rest = tensors[0], tensors[1], tensors[2:18], tensors[18:]
+            saved = [_view(t) for t in rest]
+            saved[0] = saved[0].reshape(-1, saved[0].shape[-1])
+            saved = [None if a.size == 0 and a.ndim == 1 else a for a in saved]
+            grads = _numpy_layer_backward(layer, _view(gy), None if g_scores is None else _view(g_scores),
+                                          _index_view(real), [_view(p) for p in params], saved)
+            gx = grads[0].reshape(tuple(x.shape))
+            return (flow.from_numpy(gx), None, None, *(flow.from_numpy(g) for g in grads[1:]))
+
+    return _NumpyBertLayer
 
 
 class BertEncoder(nn.Module):

@@ -422,3 +422,50 @@ def test_parameter_views_are_views_kept_across_steps_and_nest():
             assert id(q) in _PARAMS and _view(p) is first
         assert id(p) in _PARAMS and id(q) not in _PARAMS
     assert not _PARAMS
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+def test_numpy_layer_matches_module_by_module_with_dropout(monkeypatch, unpad):
+    """A whole BertLayer as one numpy Function (``_numpy_layer``) against the same numpy pieces run
+    module by module, dropout on (both draw the same masks from the same generators): outputs,
+    attention scores, hidden states and every gradient, in a training step and in inference."""
+    import metakd.modeling as modeling
+
+    monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)
+    flow.manual_seed(0)
+    model = BertModel(tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)).train()
+    rng = np.random.default_rng(11)
+    mask = (np.arange(9)[None] < np.array([[9], [4], [6]])).astype(np.int64)
+    ids = flow.tensor(rng.integers(5, 50, size=(3, 9)) * mask)
+    w_pool = flow.tensor(rng.normal(size=(3, 16)).astype(np.float32))
+    m = flow.tensor(mask.astype(np.float32))
+    gens = [mod.numpy_generator for mod in model.modules() if isinstance(mod, modeling.Dropout)]
+    runs, calls = [], []
+    real_fn = modeling._numpy_layer_forward
+    monkeypatch.setattr(modeling, "_numpy_layer_forward", lambda *a, **k: calls.append(1) or real_fn(*a, **k))
+    for fused in (False, True):
+        monkeypatch.setattr(modeling, "_FUSE_LAYERS", fused)
+        for i, g in enumerate(gens):
+            g.manual_seed(100 + i)
+        model.zero_grad(set_to_none=True)
+        with modeling.numpy_scope():
+            out = model(ids, flow.tensor(mask), unpad=unpad, output_hidden_states=True, output_attention_scores=True)
+            loss = (out.pooler_output * w_pool).sum() \
+                + sum((s * s * m.view(3, 1, 1, 9)).sum() for s in out.attention_scores) * 0.01 \
+                + sum((hs * hs * m.unsqueeze(-1)).sum() for hs in out.hidden_states) * 0.01
+            loss.backward()
+        with flow.no_grad():
+            model.eval()
+            infer = model(ids, flow.tensor(mask), unpad=unpad).last_hidden_state.numpy()
+            model.train()
+        runs.append(([t.numpy() for t in (out.pooler_output, *out.attention_scores, *out.hidden_states)], infer,
+                     {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}))
+    assert len(calls) == 2 * len(model.encoder.layer)  # the fused run's training step and inference
+    (outs0, inf0, g0), (outs1, inf1, g1) = runs
+    assert g0.keys() == g1.keys() and len(g0) > 20
+    for a, b in zip(outs0, outs1):
+        np.testing.assert_allclose(b, a, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(inf1 * mask[..., None], inf0 * mask[..., None], atol=2e-5, rtol=1e-5)
+    for k in g0:
+        scale = max(1.0, np.abs(g0[k]).max())
+        np.testing.assert_allclose(g1[k] / scale, g0[k] / scale, atol=2e-5, err_msg=k)
