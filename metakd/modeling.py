@@ -15,7 +15,8 @@ GELU, dropout masks, the embedding gradient (a dense [V,H] scatter). On CPU this
 runs that work in numpy through autograd Functions (the parameters and their names stay
 OneFlow's): the dense layers in BLAS (``_BlasLinear``, with GELU fused for the feed-forward),
 the attention core (``_blas_attention``), LayerNorm, the word-embedding lookup and gradient, and
-the dropout masks. The same function to float rounding; ``METAKD_CPU_MATMUL=oneflow`` switches
+the dropout masks; a whole ``BertLayer`` in training and inference runs as one Function
+(``_numpy_layer``) built from the same numpy pieces. The same function to float rounding; ``METAKD_CPU_MATMUL=oneflow`` switches
 back to OneFlow's kernels (with LayerNorm's statistics broadcast by K=1 matmuls, exact to float
 rounding). On CUDA everything is OneFlow's, with the fused LayerNorm kernel.
 """

@@ -1,6 +1,7 @@
 """The one training loop shared by the meta-teacher and both distillation stages.
 
-It owns what every stage needs: AdamW + warm-up/decay, gradient clipping, a log line every N
+It owns what every stage needs: AdamW + warm-up/decay and gradient clipping (``optim.make_update``:
+numpy on CPU, OneFlow's kernels on CUDA), a log line every N
 steps, a progress bar, dev evaluation every N steps with the best checkpoint kept, a resumable
 state every N steps, a stop on a non-finite loss, and ``results.json`` beside the model. A stage
 supplies only ``step_loss(batch, step) -> (loss, logs)``, an ``evaluate() -> metrics`` (or
