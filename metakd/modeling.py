@@ -848,7 +848,7 @@ def _numpy_layer_backward(layer: "BertLayer", gy: np.ndarray, g_scores: Optional
     gx += gk @ wk
     gx += gv @ wv
     grads = [gx]
-    for g, w in ((gq, wq), (gk, wk), (gv, wv)):
+    for g in (gq, gk, gv):
         grads += [g.T @ x, g.sum(axis=0)]
     return grads + [gwo1, gbo1, gg1, gbe1, gwi, gbi, gwo2, gbo2, gg2, gbe2]
 

@@ -98,7 +98,7 @@ class FlowUpdate:
 _CHUNK = 1 << 16  # elements per block of the numpy update, so that its temporaries stay in cache
 
 
-class NumpyUpdate(FlowUpdate):
+class NumpyUpdate:
     """The same update in numpy on CPU: OneFlow 0.9's CPU clip + AdamW took 146-150 ms of a step
     here (one thread, several passes per parameter; 27% of a stage-2 step). The same formulas
     as ``flow.optim.AdamW`` (bias correction, decoupled weight decay, eps outside the square
@@ -109,6 +109,7 @@ class NumpyUpdate(FlowUpdate):
 
     def __init__(self, model, lr: float, weight_decay: float, total_steps: int, warmup_proportion: float,
                  eps: float = 1e-6, max_grad_norm: float = 1.0, betas=(0.9, 0.999)):
+        """As ``FlowUpdate``; the same interface (lr, gradients, apply, state_dict, load_state_dict)."""
         self.params = [p for p in model.parameters() if p.requires_grad]
         decayed = {id(p) for p in param_groups(model, weight_decay)[0]["params"]}
         self.weight_decay = [weight_decay if id(p) in decayed else 0.0 for p in self.params]
@@ -124,6 +125,7 @@ class NumpyUpdate(FlowUpdate):
 
     @property
     def lr(self) -> float:
+        """The learning rate of the next update."""
         return self.base_lr * self.schedule(self.steps)
 
     def gradients(self, row_ids: Optional[Dict[int, flow.Tensor]] = None) -> float:
@@ -195,7 +197,7 @@ class NumpyUpdate(FlowUpdate):
 
 
 def make_update(model, lr: float, weight_decay: float, total_steps: int, warmup_proportion: float,
-                eps: float = 1e-6, max_grad_norm: float = 1.0) -> FlowUpdate:
+                eps: float = 1e-6, max_grad_norm: float = 1.0) -> "FlowUpdate | NumpyUpdate":
     """The step-ending update for ``model``: numpy on CPU (unless ``METAKD_CPU_MATMUL=oneflow``),
     OneFlow's kernels on CUDA."""
     from metakd import modeling

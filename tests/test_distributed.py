@@ -21,14 +21,16 @@ def launch(args, timeout=600):
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_all_reduced_gradient_is_the_global_batch_gradient(mode):
-    """``sparse``: the word-embedding rows are all-reduced only where some process looked them up."""
+    """``sparse``: the word-embedding rows are all-reduced only where some process looked them up.
+    Both the write-back (``all_reduce_mean_grads``) and the CPU optimizer's numpy read
+    (``mean_grads_numpy``) are checked."""
     p = launch(["tests/helpers/ddp_grad_check.py", mode])
     assert p.returncode == 0, p.stderr[-3000:]
     lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in lines) == [0, 1]
     for r in lines:
         assert r["world_size"] == 2 and r["n_grads"] > 40 and r["sparse"] == (mode == "sparse")
-        assert r["max_grad_diff"] < 1e-6, r
+        assert r["max_grad_diff"] < 1e-6 and r["numpy_max_grad_diff"] < 1e-6, r
         assert r["untouched_rows_zero"] and r["word_grad_changed"] > 1e-4, r
     # Different random initialisations per process were replaced by rank 0's weights.
     assert lines[0]["param_abs_sum"] == lines[1]["param_abs_sum"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from metakd.meta_model import MetaBert
 from metakd.modeling import BertConfig
-from metakd.runtime import all_reduce_mean_grads, broadcast_parameters, flow, rank, world_size
+from metakd.runtime import all_reduce_mean_grads, broadcast_parameters, flow, mean_grads_numpy, rank, world_size
 from metakd.losses import teacher_loss
 
 
@@ -42,7 +42,11 @@ loss.backward()
 grads_before = {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
 word = model.backbone.embeddings.word_embeddings.weight
 sparse = len(sys.argv) > 1 and sys.argv[1] == "sparse"
-all_reduce_mean_grads(model.parameters(), {id(word): flow.tensor(ids[shard])} if sparse else None)
+row_ids = {id(word): flow.tensor(ids[shard])} if sparse else None
+# The CPU optimizer's read of the same mean (numpy, the gradients left as they are), then the write-back.
+names = [k for k, p in model.named_parameters() if p.requires_grad]
+got_numpy = dict(zip(names, mean_grads_numpy(model.parameters(), row_ids)))
+all_reduce_mean_grads(model.parameters(), row_ids)
 got = {k: p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
 
 # The same gradient from one process: the mean of the per-shard losses (equal shards).
@@ -52,10 +56,11 @@ total = sum(loss_of(ref, ids[s], mask[s], labels[s], domains[s], weights[s]) for
 total.backward()
 want = {k: p.grad.numpy() for k, p in ref.named_parameters() if p.grad is not None}
 diff = max(float(np.abs(got[k] - want[k]).max()) for k in want)
+numpy_diff = max(float(np.abs(got_numpy[k] - want[k]).max()) for k in want)
 same_init = float(sum(np.abs(p.numpy()).sum() for p in model.parameters()))
 # Rows no process looked up stay zero; this process's own rows were really averaged with the other's.
 untouched = np.setdiff1d(np.arange(40), ids)
-print(json.dumps({"rank": r, "world_size": n, "max_grad_diff": diff, "n_grads": len(got), "param_abs_sum": same_init,
+print(json.dumps({"rank": r, "world_size": n, "max_grad_diff": diff, "numpy_max_grad_diff": numpy_diff, "n_grads": len(got), "param_abs_sum": same_init,
                   "sparse": sparse, "untouched_rows_zero": bool(not got["backbone.embeddings.word_embeddings.weight"][untouched].any()),
                   "word_grad_changed": float(np.abs(got["backbone.embeddings.word_embeddings.weight"]
                                                     - grads_before["backbone.embeddings.word_embeddings.weight"]).max())}))
