@@ -741,9 +741,10 @@ class BertLayer(nn.Module):
                 y, scores, _ = _numpy_layer_forward(self, _view(x), _view(additive_mask), _index_view(real),
                                                     [_view(t) for t in self.numpy_parameters()], save=False)
                 return _wrap(y.reshape(tuple(x.shape))), _wrap(scores), None
-            if "_numpy_fn" not in self.__dict__:
-                self.__dict__["_numpy_fn"] = _numpy_layer(self)
-            y, scores = self.__dict__["_numpy_fn"].apply(x, additive_mask, real, *self.numpy_parameters())
+            fn = self.__dict__.get("_numpy_fn")
+            if fn is None or fn.layer is not self:  # (a copied module must not run its original's closure)
+                fn = self.__dict__["_numpy_fn"] = _numpy_layer(self)
+            y, scores = fn.apply(x, additive_mask, real, *self.numpy_parameters())
             return y, scores, None
         a, scores, probs = self.attention(x, additive_mask, queries, unpad, need_probs)
         return self.output(self.intermediate(a), a), scores, probs
@@ -861,6 +862,8 @@ def _numpy_layer(layer: "BertLayer"):
         """x [N,H] or [B,L,H], additive_mask [B,1,1,L], real [T] int64 (or [0]), 16 parameters
         -> (y like x, scores [B,A,L,L])."""
 
+        layer = None  # set below: the module this class was made for
+
         @staticmethod
         def forward(ctx, x, additive_mask, real, *params):
             y, scores, saved = _numpy_layer_forward(layer, _view(x), _view(additive_mask), _index_view(real),
@@ -882,6 +885,7 @@ def _numpy_layer(layer: "BertLayer"):
             gx = grads[0].reshape(tuple(x.shape))
             return (flow.from_numpy(gx), None, None, *(flow.from_numpy(g) for g in grads[1:]))
 
+    _NumpyBertLayer.layer = layer
     return _NumpyBertLayer
 
 

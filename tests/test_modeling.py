@@ -469,3 +469,25 @@ def test_numpy_layer_matches_module_by_module_with_dropout(monkeypatch, unpad):
     for k in g0:
         scale = max(1.0, np.abs(g0[k]).max())
         np.testing.assert_allclose(g1[k] / scale, g0[k] / scale, atol=2e-5, err_msg=k)
+
+
+def test_numpy_layer_of_a_copied_model_uses_its_own_modules(monkeypatch):
+    """The layer Function closes over its module; a deep copy gets its own (another dropout rate here)."""
+    import copy
+
+    import metakd.modeling as modeling
+
+    monkeypatch.setattr(modeling, "_BLAS_MIN_MACS", 0)
+    flow.manual_seed(0)
+    model = BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+    ids = flow.tensor(np.random.default_rng(2).integers(5, 50, size=(2, 7)))
+    model(ids).pooler_output.sum().backward()
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, modeling.Dropout):
+            m.p = 0.9
+    a = model(ids).last_hidden_state.numpy()
+    b = twin(ids).last_hidden_state.numpy()
+    assert twin.encoder.layer[0].__dict__["_numpy_fn"].layer is twin.encoder.layer[0]
+    np.testing.assert_array_equal(model(ids).last_hidden_state.numpy(), a)  # no dropout in the original
+    assert not np.allclose(a, b)  # the copy's own dropout
