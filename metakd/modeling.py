@@ -440,9 +440,14 @@ class Dropout(nn.Dropout):
     def uses_numpy(self, x: flow.Tensor) -> bool:
         return self.training and self.p > 0 and not x.is_cuda and _CPU_MATMUL == "blas"
 
+    def keep_array(self, shape) -> Optional[np.ndarray]:
+        """The mask the numpy paths multiply by, as an array (None when dropout is off)."""
+        return self.numpy_generator.keep_scale(tuple(shape), self.p) if self.p > 0 and self.training else None
+
     def keep_scale(self, shape) -> Optional[flow.Tensor]:
-        """The mask the numpy path multiplies by (None when dropout is off)."""
-        return _wrap(self.numpy_generator.keep_scale(tuple(shape), self.p)) if self.p > 0 and self.training else None
+        """``keep_array`` as a tensor."""
+        keep = self.keep_array(shape)
+        return None if keep is None else _wrap(keep)
 
     def forward(self, x: flow.Tensor) -> flow.Tensor:
         if self.uses_numpy(x):
@@ -769,6 +774,42 @@ def _index_view(real: flow.Tensor) -> Optional[np.ndarray]:
     return _view(real) if real.numel() else None
 
 
+def _pad_rows(t: np.ndarray, real: Optional[np.ndarray], b: int, l: int) -> np.ndarray:
+    """[N,H] rows at flat positions ``real`` of [B,L] (all B*L when None) -> [B,L,H], zeros elsewhere."""
+    if real is None:
+        return t.reshape(b, l, -1)
+    z = np.zeros((b * l, t.shape[-1]), t.dtype)
+    z[real] = t
+    return z.reshape(b, l, -1)
+
+
+def _pack_rows(t: np.ndarray, real: Optional[np.ndarray]) -> np.ndarray:
+    """[B,L,H] -> the [N,H] rows at flat positions ``real`` (all when None)."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if real is None else t[real]
+
+
+def _output_block_forward(inp: np.ndarray, w: np.ndarray, bias: np.ndarray, dropout: "Dropout", residual: np.ndarray,
+                          norm: "LayerNorm", gamma: np.ndarray, beta: np.ndarray):
+    """LayerNorm(dropout(inp W^T + b) + residual), BertSelfOutput's and BertOutput's shape:
+    (y, dropout mask or None, xhat, rstd)."""
+    d = _affine(inp, w, bias)
+    keep = dropout.keep_array(d.shape)
+    if keep is not None:
+        d *= keep
+    d += residual
+    y, xhat, rstd = _layer_norm_forward(d, gamma, beta, norm.eps)
+    return y, keep, xhat, rstd
+
+
+def _output_block_backward(gy: np.ndarray, inp: np.ndarray, w: np.ndarray, keep: Optional[np.ndarray],
+                           xhat: np.ndarray, rstd: np.ndarray, gamma: np.ndarray):
+    """Gradients of ``_output_block_forward``: (d inp, dW, db, d residual, dgamma, dbeta)."""
+    gd, ggamma, gbeta = _layer_norm_backward(gy, xhat, rstd, gamma)
+    ginp, gw, gb = _linear_grads(gd * keep if keep is not None else gd, inp, w)
+    return ginp, gw, gb, gd, ggamma, gbeta
+
+
 def _numpy_layer_forward(layer: "BertLayer", x: np.ndarray, additive_mask: np.ndarray, real: Optional[np.ndarray],
                          params: List[np.ndarray], save: bool):
     """The layer in numpy: x [N,H] real tokens (packed at flat positions ``real`` of [B,L], or all
@@ -780,71 +821,35 @@ def _numpy_layer_forward(layer: "BertLayer", x: np.ndarray, additive_mask: np.nd
     shape, h = x.shape, x.shape[-1]
     x = x.reshape(-1, h)
     b, l, heads = additive_mask.shape[0], additive_mask.shape[-1], att.num_heads
-
-    def pad(t: np.ndarray) -> np.ndarray:  # [N,H] -> [B,L,H]
-        if real is None:
-            return t.reshape(b, l, h)
-        z = np.zeros((b * l, h), t.dtype)
-        z[real] = t
-        return z.reshape(b, l, h)
-
-    def keep(d: "Dropout", shape) -> Optional[np.ndarray]:
-        return d.numpy_generator.keep_scale(shape, d.p) if d.training and d.p > 0 else None
-
     q = _affine(x, wq, bq)
     q *= np.float32(1.0 / math.sqrt(att.head_size))
-    qp, kp, vp = pad(q), pad(_affine(x, wk, bk)), pad(_affine(x, wv, bv))
-    k_att = keep(att.dropout, (b, heads, l, l))
+    qp, kp, vp = (_pad_rows(t, real, b, l) for t in (q, _affine(x, wk, bk), _affine(x, wv, bv)))
+    k_att = att.dropout.keep_array((b, heads, l, l))
     context, scores, sm = _attention_forward(qp, kp, vp, additive_mask, k_att, heads)
-    c = context.reshape(b * l, h)
-    c = c if real is None else c[real]
-    d1 = _affine(c, wo1, bo1)
-    k1 = keep(so.dropout, d1.shape)
-    if k1 is not None:
-        d1 *= k1
-    d1 += x
-    a, xh1, rs1 = _layer_norm_forward(d1, g1, be1, so.LayerNorm.eps)
+    c = _pack_rows(context, real)
+    a, k1, xh1, rs1 = _output_block_forward(c, wo1, bo1, so.dropout, x, so.LayerNorm, g1, be1)
     hg, dg = _gelu_numpy(_affine(a, wi, bi), derivative=save)
-    d2 = _affine(hg, wo2, bo2)
-    k2 = keep(out.dropout, d2.shape)
-    if k2 is not None:
-        d2 *= k2
-    d2 += a
-    y, xh2, rs2 = _layer_norm_forward(d2, g2, be2, out.LayerNorm.eps)
-    saved = (x, qp, kp, vp, sm, k_att, c, k1, xh1, rs1, a, dg, hg, k2, xh2, rs2) if save else None
+    y, k2, xh2, rs2 = _output_block_forward(hg, wo2, bo2, out.dropout, a, out.LayerNorm, g2, be2)
+    saved = (qp, kp, vp, sm, k_att, c, k1, xh1, rs1, a, dg, hg, k2, xh2, rs2) if save else None
     return y.reshape(shape), scores, saved
 
 
-def _numpy_layer_backward(layer: "BertLayer", gy: np.ndarray, g_scores: Optional[np.ndarray], real: Optional[np.ndarray],
-                          params: List[np.ndarray], saved) -> list:
-    """Gradients of ``_numpy_layer_forward`` for dL/dy and dL/dscores (or None): [dx, then one per parameter]."""
+def _numpy_layer_backward(layer: "BertLayer", gy: np.ndarray, g_scores: Optional[np.ndarray], x: np.ndarray,
+                          real: Optional[np.ndarray], params: List[np.ndarray], saved) -> list:
+    """Gradients of ``_numpy_layer_forward`` at x [N,H] for dL/dy and dL/dscores (or None): [dx, then one per parameter]."""
     att = layer.attention.self
     wq, bq, wk, bk, wv, bv, wo1, bo1, g1, be1, wi, bi, wo2, bo2, g2, be2 = params
-    x, qp, kp, vp, sm, k_att, c, k1, xh1, rs1, a, dg, hg, k2, xh2, rs2 = saved
+    qp, kp, vp, sm, k_att, c, k1, xh1, rs1, a, dg, hg, k2, xh2, rs2 = saved
     b, l, h = qp.shape
-    gd2, gg2, gbe2 = _layer_norm_backward(gy.reshape(-1, h), xh2, rs2, g2)
-    ghg, gwo2, gbo2 = _linear_grads(gd2 * k2 if k2 is not None else gd2, hg, wo2)
+    ghg, gwo2, gbo2, ga_res, gg2, gbe2 = _output_block_backward(gy.reshape(-1, h), hg, wo2, k2, xh2, rs2, g2)
     ghg *= dg
     ga, gwi, gbi = _linear_grads(ghg, a, wi)
-    ga += gd2                                                   # the residual around the feed-forward
-    gd1, gg1, gbe1 = _layer_norm_backward(ga, xh1, rs1, g1)
-    gc, gwo1, gbo1 = _linear_grads(gd1 * k1 if k1 is not None else gd1, c, wo1)
-    if real is None:
-        gcp = gc.reshape(b, l, h)
-    else:
-        gcp = np.zeros((b * l, h), gc.dtype)
-        gcp[real] = gc
-        gcp = gcp.reshape(b, l, h)
-    gq, gk, gv = _attention_backward(gcp, g_scores, qp, kp, vp, sm, k_att, att.num_heads)
-
-    def pack(t: np.ndarray) -> np.ndarray:
-        t = t.reshape(b * l, h)
-        return t if real is None else t[real]
-
-    gq = pack(gq)
+    ga += ga_res                                                # the residual around the feed-forward
+    gc, gwo1, gbo1, gx, gg1, gbe1 = _output_block_backward(ga, c, wo1, k1, xh1, rs1, g1)
+    gq, gk, gv = (_pack_rows(t, real) for t in _attention_backward(_pad_rows(gc, real, b, l), g_scores, qp, kp, vp,
+                                                                   sm, k_att, att.num_heads))
     gq *= np.float32(1.0 / math.sqrt(att.head_size))
-    gk, gv = pack(gk), pack(gv)
-    gx = gd1                                                    # the residual around attention
+    # gx: the residual around attention, then what flows back through Q, K and V
     gx += gq @ wq
     gx += gk @ wk
     gx += gv @ wv
@@ -868,20 +873,18 @@ def _numpy_layer(layer: "BertLayer"):
         def forward(ctx, x, additive_mask, real, *params):
             y, scores, saved = _numpy_layer_forward(layer, _view(x), _view(additive_mask), _index_view(real),
                                                     [_view(p) for p in params], save=True)
-            empty = np.zeros(0, np.float32)
-            ctx.save_for_backward(x, real, *params, *(x if i == 0 else _wrap(empty if t is None else t)
-                                                      for i, t in enumerate(saved)))
+            empty = np.zeros(0, np.float32)  # stands for a dropout mask that was not drawn
+            ctx.save_for_backward(x, real, *params, *(_wrap(empty if t is None else t) for t in saved))
             return _wrap(y.reshape(tuple(x.shape))), _wrap(scores)
 
         @staticmethod
         def backward(ctx, gy, g_scores):
             tensors = ctx.saved_tensors
             x, real, params, rest = tensors[0], tensors[1], tensors[2:18], tensors[18:]
-            saved = [_view(t) for t in rest]
-            saved[0] = saved[0].reshape(-1, saved[0].shape[-1])
-            saved = [None if a.size == 0 and a.ndim == 1 else a for a in saved]
+            saved = [None if a.size == 0 and a.ndim == 1 else a for a in (_view(t) for t in rest)]
             grads = _numpy_layer_backward(layer, _view(gy), None if g_scores is None else _view(g_scores),
-                                          _index_view(real), [_view(p) for p in params], saved)
+                                          _view(x).reshape(-1, x.shape[-1]), _index_view(real),
+                                          [_view(p) for p in params], saved)
             gx = grads[0].reshape(tuple(x.shape))
             return (flow.from_numpy(gx), None, None, *(flow.from_numpy(g) for g in grads[1:]))
 

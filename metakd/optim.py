@@ -7,6 +7,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from metakd import modeling
+from metakd.modeling import _view, sync
 from metakd.runtime import all_reduce_mean_grads, flow, mean_grads_numpy
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
@@ -77,8 +79,6 @@ class FlowUpdate:
         return float(flow.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).numpy())
 
     def apply(self) -> None:
-        from metakd.modeling import sync
-
         self.optimizer.step()
         sync()  # the parameters' cached numpy views (modeling.parameter_views) are read next
         self.scheduler.step()
@@ -136,8 +136,6 @@ class NumpyUpdate:
         return self._norm
 
     def apply(self) -> None:
-        from metakd.modeling import _view, sync
-
         if self._grads is None:
             raise RuntimeError("NumpyUpdate.apply() without gradients()")
         sync()  # nothing OneFlow queued may still read the parameters written below
@@ -200,8 +198,6 @@ def make_update(model, lr: float, weight_decay: float, total_steps: int, warmup_
                 eps: float = 1e-6, max_grad_norm: float = 1.0) -> "FlowUpdate | NumpyUpdate":
     """The step-ending update for ``model``: numpy on CPU (unless ``METAKD_CPU_MATMUL=oneflow``),
     OneFlow's kernels on CUDA."""
-    from metakd import modeling
-
     on_cpu = not any(p.is_cuda for p in model.parameters())
     cls = NumpyUpdate if on_cpu and modeling._CPU_MATMUL == "blas" else FlowUpdate
     return cls(model, lr, weight_decay, total_steps, warmup_proportion, eps, max_grad_norm)

@@ -127,12 +127,8 @@ def all_reduce_mean_grads(parameters, row_ids: Optional[Dict[int, flow.Tensor]] 
         return
     params = [p for p in parameters if p.requires_grad]
     flat, sent, rows_of = _flat_mean_grads(params, row_ids or {})
-    offset = 0
     with flow.no_grad():
-        for p, shape in zip(params, sent):
-            k = int(np.prod(shape))
-            chunk = flat[offset:offset + k].reshape(shape)
-            offset += k
+        for p, chunk in zip(params, _unflatten(flat, sent)):
             if id(p) in rows_of:
                 if p.grad is None:
                     p.grad = flow.zeros_like(p)
@@ -163,6 +159,15 @@ def _flat_mean_grads(params, row_ids: Dict[int, flow.Tensor]):
     return flat / n, [tuple(g.shape) for g in chunks], rows_of
 
 
+def _unflatten(flat, shapes):
+    """Consecutive pieces of a flat tensor or array, in ``shapes``."""
+    offset = 0
+    for shape in shapes:
+        k = int(np.prod(shape))
+        yield flat[offset:offset + k].reshape(shape)
+        offset += k
+
+
 def mean_grads_numpy(parameters, row_ids: Optional[Dict[int, flow.Tensor]] = None) -> list:
     """The gradients of ``parameters`` (those that require one) as numpy arrays, averaged over
     the processes like ``all_reduce_mean_grads``, without writing them back: with several
@@ -174,11 +179,8 @@ def mean_grads_numpy(parameters, row_ids: Optional[Dict[int, flow.Tensor]] = Non
         return [None if p.grad is None else p.grad.numpy() for p in params]
     flat, sent, rows_of = _flat_mean_grads(params, row_ids or {})
     flat = flat.numpy()
-    out, offset = [], 0
-    for p, shape in zip(params, sent):
-        k = int(np.prod(shape))
-        chunk = flat[offset:offset + k].reshape(shape)
-        offset += k
+    out = []
+    for p, chunk in zip(params, _unflatten(flat, sent)):
         if id(p) in rows_of:
             dense = np.zeros(tuple(p.shape), dtype=flat.dtype)
             dense[rows_of[id(p)].numpy()] = chunk

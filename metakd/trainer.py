@@ -40,7 +40,7 @@ from metakd.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
 from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
 from metakd.modeling import numpy_scope, parameter_views
-from metakd.optim import fill_missing_grads, make_update  # noqa: F401 (fill_missing_grads: part of this module's API)
+from metakd.optim import make_update
 from metakd.runtime import barrier, broadcast_parameters, flow
 from metakd.runtime import rank as rank_of_process
 from metakd.runtime import world_size as processes
@@ -379,8 +379,8 @@ class Trainer:
             t_log = time.perf_counter()
             samples_since_log = 0
             done = p.global_step >= self.total_steps
-            # Parameters are read through numpy views taken once (modeling.parameter_views); the
-            # optimizer writes them asynchronously, so every step ends with a sync.
+            # Parameters are read through numpy views taken once (modeling.parameter_views); each
+            # update's apply() leaves them current (OneFlow's AdamW writes asynchronously: it syncs).
             with parameter_views(self.model.parameters()):
                 for epoch in range(args.epochs):
                     if done:

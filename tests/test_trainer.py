@@ -372,7 +372,7 @@ def test_missing_gradients_are_zeros_so_adamw_still_decays():
     """The trainer sets gradients to None between steps (the next backward writes them instead of
     adding to zeros); a parameter a step does not reach gets a zero gradient, so AdamW treats it as
     with zeroed gradients (weight decay applies) rather than skipping it."""
-    from metakd.trainer import fill_missing_grads
+    from metakd.optim import fill_missing_grads
 
     used, unused = flow.nn.Linear(2, 1), flow.nn.Linear(2, 1)
     before = unused.weight.numpy().copy()
