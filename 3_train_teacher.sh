@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # 3. The meta-teacher: fine-tune TEACHER_MODEL on all domains at once, each example weighted by its
 #    prototype score, with the domain-corruption loss -> OUT_DIR/meta_teacher/ (best by dev accuracy).
+#    Baseline teachers: USE_SAMPLE_WEIGHTS=0 USE_DOMAIN_LOSS=0 is BERT-mix (all genres, plain CE), and
+#    with TEACHER_GENRE=books too, BERT-s (one genre); set TEACHER_DIR so they do not replace the meta-teacher.
 cd "$(dirname "$0")" && source tools/common.sh
 
 DATA_DIR="${DATA_DIR:-data/SENTI}"                          # from 2_process_data.sh
 TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # pretrained BERT folder to start from
-OUT_DIR="${OUT_DIR:-out}"                                   # writes OUT_DIR/meta_teacher
+OUT_DIR="${OUT_DIR:-out}"
+TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the checkpoint folder to write
+TEACHER_GENRE="${TEACHER_GENRE:-all}"                       # all, or one genre's rows only (BERT-s)
 TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}"                       # EasyNLP's setting
 TEACHER_LR="${TEACHER_LR:-3e-5}"                            # peak LR; linear warm-up 10%, then linear decay
 BATCH_SIZE="${BATCH_SIZE:-16}"                              # per process; global batch = BATCH_SIZE x NPROC
@@ -26,7 +30,8 @@ flags=(--save-every "$SAVE_EVERY")
 [ "$RESTART" = 1 ] && flags+=(--restart)
 [ "$USE_SAMPLE_WEIGHTS" = 1 ] || flags+=(--no-sample-weights)
 [ "$USE_DOMAIN_LOSS" = 1 ] || flags+=(--no-domain-loss)
-DISTRIBUTED=1 run_metakd train_teacher --data-dir "$DATA_DIR" --model "$TEACHER_MODEL" --out "$OUT_DIR/meta_teacher" \
+DISTRIBUTED=1 run_metakd train_teacher --data-dir "$DATA_DIR" --model "$TEACHER_MODEL" --out "$TEACHER_DIR" \
+  --genre "$TEACHER_GENRE" \
   --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" \
   --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
   --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"

@@ -2,17 +2,25 @@
 # 4. Distillation stage 1 for GENRE: the student learns the meta-teacher's attention, hidden states and
 #    domain representation, each example weighted by (1 + prototype) x the teacher's domain expertise
 #    -> OUT_DIR/GENRE/meta_student_pretrain/
+#    Baselines: PLAIN_KD=1 is TinyBERT-style KD (every weight 1, no domain term), from any TEACHER_DIR;
+#    USE_PROTOTYPE_WEIGHTS / USE_EXPERTISE_WEIGHTS / USE_DOMAIN_TERM=0 switch off one ingredient each.
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"                                     # target domain: books | dvd | electronics | kitchen
 DATA_DIR="${DATA_DIR:-data/SENTI}"
-OUT_DIR="${OUT_DIR:-out}"                                   # reads OUT_DIR/meta_teacher
+OUT_DIR="${OUT_DIR:-out}"
+TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher (3_train_teacher.sh)
+STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # the checkpoint folder to write
 STUDENT_MODEL="${STUDENT_MODEL:-models/TinyBERT_General_4L_312D}"  # pretrained student BERT folder
 STAGE1_EPOCHS="${STAGE1_EPOCHS:-10}"
 STAGE1_LR="${STAGE1_LR:-3e-5}"
 BATCH_SIZE="${BATCH_SIZE:-16}"                              # per process; global batch = BATCH_SIZE x NPROC
 MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"
 DOMAIN_LOSS_WEIGHT="${DOMAIN_LOSS_WEIGHT:-0.5}"             # weight of the domain-representation term
+USE_PROTOTYPE_WEIGHTS="${USE_PROTOTYPE_WEIGHTS:-1}"         # 1: weight (1 + prototype score); 0: 1
+USE_EXPERTISE_WEIGHTS="${USE_EXPERTISE_WEIGHTS:-1}"         # 1: times the teacher's domain expertise; 0: 1
+USE_DOMAIN_TERM="${USE_DOMAIN_TERM:-1}"                     # 1: the domain-representation MSE; 0: none
+PLAIN_KD="${PLAIN_KD:-0}"                                   # 1: all three ingredients off (plain two-stage KD)
 TEACHER_CACHE_GB="${TEACHER_CACHE_GB:-4}"                   # memory for the frozen teacher's targets (computed once); 0: none
 LOG_EVERY="${LOG_EVERY:-20}"
 SEED="${SEED:-42}"
@@ -24,7 +32,11 @@ RESTART="${RESTART:-0}"                                     # 1: throw away a sa
 
 flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 [ "$RESTART" = 1 ] && flags+=(--restart)
-DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$OUT_DIR/meta_teacher" \
-  --student "$STUDENT_MODEL" --out "$OUT_DIR/$GENRE/meta_student_pretrain" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
+[ "$USE_PROTOTYPE_WEIGHTS" = 1 ] || flags+=(--no-prototype-weights)
+[ "$USE_EXPERTISE_WEIGHTS" = 1 ] || flags+=(--no-expertise-weights)
+[ "$USE_DOMAIN_TERM" = 1 ] || flags+=(--no-domain-term)
+[ "$PLAIN_KD" = 1 ] && flags+=(--plain-kd)
+DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
+  --student "$STUDENT_MODEL" --out "$STAGE1_DIR" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
   --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" \
   --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # 5. Distillation stage 2 for GENRE: starting from stage 1's student, match the meta-teacher's soft
 #    labels at temperature T; the best model by GENRE's dev accuracy -> OUT_DIR/GENRE/meta_student_finetune/
+#    SKIP_STAGE1=1 starts from STUDENT_MODEL instead of stage 1's student. STUDENT_ALONE=1 is the baseline
+#    without any teacher: STUDENT_MODEL fine-tuned on GENRE's labels (cross-entropy) for STAGE1_EPOCHS +
+#    STAGE2_EPOCHS epochs, best by GENRE's dev accuracy -> OUT_DIR/GENRE/student_alone/
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"
 DATA_DIR="${DATA_DIR:-data/SENTI}"
-OUT_DIR="${OUT_DIR:-out}"                                   # reads meta_teacher and GENRE/meta_student_pretrain
+OUT_DIR="${OUT_DIR:-out}"
+TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher
+STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # stage 1's student (4_student_first.sh)
+SKIP_STAGE1="${SKIP_STAGE1:-0}"                             # 1: start from STUDENT_MODEL (no stage 1)
+STUDENT_ALONE="${STUDENT_ALONE:-0}"                         # 1: no teacher at all (the baseline)
+STUDENT_MODEL="${STUDENT_MODEL:-models/TinyBERT_General_4L_312D}"  # pretrained student (SKIP_STAGE1, STUDENT_ALONE)
+STUDENT_DIR="${STUDENT_DIR:-}"                              # folder to write (default GENRE/meta_student_finetune or GENRE/student_alone)
+STAGE1_EPOCHS="${STAGE1_EPOCHS:-10}"                        # STUDENT_ALONE trains STAGE1_EPOCHS + STAGE2_EPOCHS
 STAGE2_EPOCHS="${STAGE2_EPOCHS:-10}"
 STAGE2_LR="${STAGE2_LR:-3e-5}"
 TEMPERATURE="${TEMPERATURE:-2}"                             # softmax temperature T (a float)
@@ -22,8 +32,20 @@ RESTART="${RESTART:-0}"                                     # 1: throw away a sa
 
 flags=(--save-every "$SAVE_EVERY")
 [ "$RESTART" = 1 ] && flags+=(--restart)
-DISTRIBUTED=1 run_metakd distill --stage second --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$OUT_DIR/meta_teacher" \
-  --student "$OUT_DIR/$GENRE/meta_student_pretrain" --out "$OUT_DIR/$GENRE/meta_student_finetune" \
+if [ "$STUDENT_ALONE" = 1 ]; then
+  [[ "$STAGE1_EPOCHS" =~ ^[0-9]+$ && "$STAGE2_EPOCHS" =~ ^[0-9]+$ ]] || {
+    echo "error: 5_student_second.sh: STAGE1_EPOCHS=$STAGE1_EPOCHS, STAGE2_EPOCHS=$STAGE2_EPOCHS; STUDENT_ALONE needs whole numbers of epochs" >&2; exit 2; }
+  # The same fine-tuning as the teachers', on the student and GENRE's rows only: no teacher is loaded.
+  DISTRIBUTED=1 run_metakd train_teacher --genre "$GENRE" --data-dir "$DATA_DIR" --model "$STUDENT_MODEL" \
+    --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/student_alone}" --no-sample-weights --no-domain-loss \
+    --epochs "$((STAGE1_EPOCHS + STAGE2_EPOCHS))" --lr "$STAGE2_LR" --batch-size "$BATCH_SIZE" \
+    --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
+    --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"
+  exit
+fi
+[ "$SKIP_STAGE1" = 1 ] && STAGE1_DIR="$STUDENT_MODEL"
+DISTRIBUTED=1 run_metakd distill --stage second --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
+  --student "$STAGE1_DIR" --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/meta_student_finetune}" \
   --epochs "$STAGE2_EPOCHS" --lr "$STAGE2_LR" --temperature "$TEMPERATURE" --batch-size "$BATCH_SIZE" \
   --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
   --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"

@@ -6,7 +6,12 @@ cd "$(dirname "$0")" && source tools/common.sh
 GENRE="${GENRE:-books}"                   # a genre, or all
 DATA_DIR="${DATA_DIR:-data/SENTI}"
 OUT_DIR="${OUT_DIR:-out}"
+TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"  # the teacher shown for reference
+STUDENT_DIR="${STUDENT_DIR:-}"            # one genre: evaluate this folder instead of GENRE/meta_student_finetune
 SPLIT="${SPLIT:-test}"                    # test | dev
 DEVICE="${DEVICE:-auto}"
 
-run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE"
+flags=()
+[ -n "$STUDENT_DIR" ] && flags+=(--student "$STUDENT_DIR")
+run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE" \
+  --teacher "$TEACHER_DIR" "${flags[@]}"

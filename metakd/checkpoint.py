@@ -124,6 +124,7 @@ def detect_layout(folder: Path) -> str:
 # Which pipeline step writes a metakd checkpoint of each role: named in "re-run ..." messages.
 STAGE_OF_ROLE = {
     "meta_teacher": "3_train_teacher.sh (python -m metakd.train_teacher)",
+    "fine_tuned": "3_train_teacher.sh or STUDENT_ALONE=1 5_student_second.sh (python -m metakd.train_teacher)",
     "student_first": "4_student_first.sh (python -m metakd.distill --stage first)",
     "student_second": "5_student_second.sh (python -m metakd.distill --stage second)",
 }

@@ -11,6 +11,11 @@ each example weighted by (1 + prototype score) x the teacher's domain expertise
 cross-entropy against the teacher's logits at temperature T; the best model by the genre's
 dev accuracy is kept. The teacher is frozen (eval mode, no grad); ``--compat easynlp`` gives
 EasyNLP's numerics instead (design.md section 3).
+
+Baselines and ablations: ``--plain-kd`` is TinyBERT-style two-stage KD (every weight 1, no
+domain term; ``--no-prototype-weights``, ``--no-expertise-weights`` and ``--no-domain-term``
+switch one ingredient each), from any teacher; stage ``second`` with ``--student`` a pretrained
+BERT folder skips stage 1.
 """
 from __future__ import annotations
 
@@ -34,6 +39,15 @@ def build_parser():
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--temperature", "-T", type=float, default=2.0, help="stage second: softmax temperature")
     p.add_argument("--domain-loss-weight", type=float, default=0.5, help="stage first: lambda of the domain term")
+    g = p.add_argument_group("stage first: Meta-KD's ingredients (all on by default)")
+    g.add_argument("--no-prototype-weights", dest="prototype_weights", action="store_false",
+                   help="weight 1 instead of (1 + prototype score)")
+    g.add_argument("--no-expertise-weights", dest="expertise_weights", action="store_false",
+                   help="weight 1 instead of the teacher's domain expertise 1/(1+exp((1-p_y)^2))")
+    g.add_argument("--no-domain-term", dest="domain_term", action="store_false",
+                   help="drop the domain-representation MSE")
+    g.add_argument("--plain-kd", action="store_true",
+                   help="all three off: plain two-stage KD (TinyBERT-KD) with every example weighted 1")
     p.add_argument("--teacher-cache-gb", type=float, default=4.0,
                    help="stage first: memory budget (GiB) for the frozen teacher's targets, computed once and reused "
                         "every epoch; larger caches go to a temporary file beside --out, or are recomputed each step "
@@ -100,9 +114,11 @@ def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teache
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if a.plain_kd:
+        a.prototype_weights = a.expertise_weights = a.domain_term = False
     from metakd.checkpoint import check_model_folder, read_config, read_metakd_info, save_checkpoint
     from metakd.evaluation import evaluate
-    from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, soft_cross_entropy, stage1_loss
+    from metakd.losses import Stage1Inputs, attention_pairs, hidden_pairs, soft_cross_entropy, stage1_loss, stage1_weights
     from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
     from metakd.runtime import flow, resolve_device, seed_everything
     from metakd.trainer import Trainer, claim_output
@@ -118,7 +134,7 @@ def main(argv=None) -> int:
 
     # Shapes first: a pair that cannot be distilled fails before anything is loaded or trained.
     check_model_folder(a.teacher, metakd=True)
-    check_model_folder(a.student, metakd=a.stage == "second")
+    student_layout = check_model_folder(a.student)
     teacher_info = read_metakd_info(a.teacher)
     teacher_cfg = read_config(a.teacher)
     student_cfg = read_config(a.student)
@@ -135,7 +151,9 @@ def main(argv=None) -> int:
     seed_everything(a.seed)
     teacher, _ = load_meta_checkpoint(a.teacher, verbose=False)
     fit_size = teacher_cfg.hidden_size
-    if a.stage == "first":
+    if a.stage == "first" or student_layout != "metakd":
+        if a.stage == "second":
+            print(f"stage second from the pretrained {a.student}: no stage 1")
         student, _ = build_from_pretrained(a.student, len(proc.labels), len(proc.domains), fit_size=fit_size,
                                            head_init="framework" if compat == "easynlp" else "bert")
     else:
@@ -211,13 +229,15 @@ def main(argv=None) -> int:
                     t_att, t_hid, t_dom, t_logits = cache.batch(batch["row_index"].numpy(), ids.shape[1], device)
                 else:
                     t_att, t_hid, t_dom, t_logits = teacher_targets(batch)
-                weights = (1.0 + batch["weights"]) * expertise_weights(t_logits, batch["labels"])
+                weights = stage1_weights(batch["weights"], t_logits, batch["labels"], a.prototype_weights,
+                                         a.expertise_weights)
             s_att = s.backbone.attention_scores if use_scores else s.backbone.attentions
             x = Stage1Inputs(
                 student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=t_att,
                 student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs],
                 teacher_hidden=t_hid,
-                student_domain=student.fit(student.domain_representation(s.content, doms)), teacher_domain=t_dom,
+                student_domain=student.fit(student.domain_representation(s.content, doms)) if a.domain_term else None,
+                teacher_domain=t_dom if a.domain_term else None,
                 attention_mask=mask, weights=weights)
             return stage1_loss(x, a.domain_loss_weight, compat)
 
@@ -256,6 +276,9 @@ def main(argv=None) -> int:
         info = student.metakd_info(role, proc.labels, proc.domains, a.task)
         info.update(genre=a.genre, compat=compat, max_seq_length=a.max_seq_length, teacher=str(a.teacher),
                     source_model=str(a.student), temperature=a.temperature if a.stage == "second" else None)
+        if a.stage == "first":
+            info.update(prototype_weights=a.prototype_weights, expertise_weights=a.expertise_weights,
+                        domain_term=a.domain_term)
         save_checkpoint(folder, student, student.config, info, vocab_from=a.student)
         if stage1_logits is not None:
             save_teacher_logits(folder, stage1_logits, logits_key)
@@ -265,7 +288,9 @@ def main(argv=None) -> int:
                       stage=f"{a.genre}/{a.stage}",
                       fingerprint={"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir),
                                    "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,
-                                   "lambda": a.domain_loss_weight})
+                                   "lambda": a.domain_loss_weight,
+                                   **({"ingredients": [a.prototype_weights, a.expertise_weights, a.domain_term]}
+                                      if a.stage == "first" and not (a.prototype_weights and a.expertise_weights and a.domain_term) else {})})
     try:
         results = trainer.fit()
     finally:

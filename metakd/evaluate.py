@@ -27,6 +27,9 @@ def build_parser():
     p.add_argument("--teacher", type=Path, default=None, help="meta-teacher folder (default <out-root>/meta_teacher)")
     p.add_argument("--no-teacher", action="store_true", help="evaluate the students only")
     p.add_argument("--split", default="test", choices=["test", "dev"])
+    p.add_argument("--json", type=Path, default=None,
+                   help="with --student: also write its metrics and every review's predicted and true label "
+                        "(for paired comparisons) to this file")
     p.set_defaults(batch_size=64)
     cli.add_common(p, batch_size=64)
     return p
@@ -37,7 +40,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, read_metakd_info
-    from metakd.evaluation import evaluate
+    from metakd.evaluation import classification_metrics, predict_logits
     from metakd.fileio import write_json
     from metakd.meta_model import load_meta_checkpoint
     from metakd.runtime import resolve_device
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
     else:
         cli.check_genre(a.genre, proc)
         genres = [a.genre]
+    if a.json is not None and a.student is None:
+        raise UserError("--json writes one model's predictions: give --student too")
     device = resolve_device(a.device)
     teacher_dir = a.teacher or a.out_root / "meta_teacher"
     models = []  # (genre, role, folder)
@@ -78,8 +83,9 @@ def main(argv=None) -> int:
         df = cli.read_standard(split_file, proc, genre=genre)
         enc = cli.encode_split(df, tok, proc, int(info.get("max_seq_length", a.max_seq_length)), compat, False, split_file)
         t0 = time.perf_counter()
-        m = evaluate(model, enc, proc.labels, a.batch_size, device, compat=compat, progress=not a.no_progress,
-                     desc=f"{genre} {role}")
+        logits = predict_logits(model, enc, a.batch_size, device, compat=compat, progress=not a.no_progress,
+                                desc=f"{genre} {role}")
+        m = classification_metrics(enc.labels, logits, proc.labels)
         secs = time.perf_counter() - t0
         entry = {"genre": genre, "model": role, "folder": str(folder), "split": a.split, **m,
                  "samples_per_second": round(len(enc) / max(secs, 1e-9), 1)}
@@ -88,6 +94,9 @@ def main(argv=None) -> int:
                      "macro_f1": f"{m['macro_f1']:.4f}", "folder": str(folder)})
         if role == "student":
             write_json(Path(folder) / f"eval_{a.split}.json", entry)
+            if a.json is not None:
+                write_json(a.json, {**entry, "labels": [int(v) for v in enc.labels],
+                                    "predictions": [int(v) for v in logits.argmax(axis=1)]})
     cli.print_table(rows, ["genre", "model", "n", "accuracy", "macro_f1", "folder"])
     out = a.out_root / f"eval_{a.split}.json"
     write_json(out, {"split": a.split, "data": str(split_file), "results": results})

@@ -67,6 +67,18 @@ def expertise_weights(teacher_logits: flow.Tensor, labels: flow.Tensor) -> flow.
     return 1.0 / (1.0 + flow.exp((1.0 - p_y) ** 2))
 
 
+def stage1_weights(prototype: flow.Tensor, teacher_logits: flow.Tensor, labels: flow.Tensor,
+                   use_prototype: bool = True, use_expertise: bool = True) -> flow.Tensor:
+    """Stage-1 weight of each example: ``(1 + prototype) * expertise`` -> [B].
+
+    Either factor can be switched off (replaced by exactly 1): plain two-stage KD has both off.
+    """
+    w = (1.0 + prototype) if use_prototype else flow.ones_like(prototype)
+    if use_expertise:
+        w = w * expertise_weights(teacher_logits, labels)
+    return w
+
+
 def layer_map(teacher_layers: int, student_layers: int) -> int:
     """Teacher layers per student layer; the pair must be distillable."""
     from metakd.errors import UserError
@@ -182,8 +194,8 @@ class Stage1Inputs:
     teacher_attn: Sequence[flow.Tensor]
     student_hidden: Sequence[flow.Tensor]  # (S+1) x [B,L,F], student side already through fit_dense
     teacher_hidden: Sequence[flow.Tensor]
-    student_domain: flow.Tensor            # [B,F]
-    teacher_domain: flow.Tensor            # [B,F]
+    student_domain: Optional[flow.Tensor]  # [B,F]; None: no domain-representation term
+    teacher_domain: Optional[flow.Tensor]  # [B,F]
     attention_mask: flow.Tensor            # [B,L]
     weights: flow.Tensor                   # [B] = (1 + prototype) * expertise
 
@@ -193,15 +205,19 @@ def stage1_loss(x: Stage1Inputs, domain_loss_weight: float = 0.5, compat: str = 
 
     Default: ``mean_i w_i * (att_i + rep_i + lambda * dom_i)`` with per-example terms.
     ``easynlp``: ``(att + rep + lambda * dom) * mean_i w_i`` with batch-mean terms.
+    Without a domain representation (``student_domain=None``) the ``dom`` term is absent.
     """
     att = sum(attention_mse(s, t, x.attention_mask, compat) for s, t in zip(x.student_attn, x.teacher_attn))
     rep = sum(hidden_mse(s, t, x.attention_mask, compat) for s, t in zip(x.student_hidden, x.teacher_hidden))
-    dom = domain_mse(x.student_domain, x.teacher_domain, compat)
+    terms = att + rep
+    parts = {"att": att, "rep": rep}
+    if x.student_domain is not None:
+        dom = domain_mse(x.student_domain, x.teacher_domain, compat)
+        terms = terms + domain_loss_weight * dom
+        parts["domain"] = dom
     if compat == "easynlp":
-        loss = (att + rep + domain_loss_weight * dom) * x.weights.mean()
-        return loss, {"att": att, "rep": rep, "domain": dom}
-    loss = (x.weights * (att + rep + domain_loss_weight * dom)).mean()
-    return loss, {"att": att.mean(), "rep": rep.mean(), "domain": dom.mean()}
+        return terms * x.weights.mean(), parts
+    return (x.weights * terms).mean(), {k: v.mean() for k, v in parts.items()}
 
 
 def soft_cross_entropy(student_logits: flow.Tensor, teacher_logits: flow.Tensor, temperature: float = 2.0) -> flow.Tensor:

@@ -2,6 +2,12 @@
 
     python -m metakd.train_teacher --data-dir data/SENTI --model models/bert-base-uncased --out out/meta_teacher
 
+The same fine-tuning gives the paper's baselines (``role`` in the checkpoint says which):
+
+    --no-sample-weights --no-domain-loss                  BERT-mix: all genres mixed, plain CE
+    --genre books --no-sample-weights --no-domain-loss    BERT-s: one genre's rows only (train and dev)
+    the same with --model <student BERT>                  the student fine-tuned alone, no teacher
+
 Loss per example: ``w * (CE(logits, y) + lambda * CE(domain_logits, shuffled domain))`` with
 ``w`` the prototype score (``--no-sample-weights`` for w = 1) and the domain-corruption term
 switchable (``--no-domain-loss``), averaged over the batch. AdamW with linear warm-up/decay,
@@ -24,6 +30,8 @@ def build_parser():
                    help=f"folder with {cli.TRAIN_FILE} and {cli.DEV_FILE} (from 2_process_data.sh)")
     p.add_argument("--model", type=Path, required=True, help="pretrained BERT folder to start from")
     p.add_argument("--out", type=Path, default=Path("out/meta_teacher"), help="checkpoint folder to write")
+    p.add_argument("--genre", default="all",
+                   help="'all', or train (and select on dev) on this genre's rows only: BERT-s, or the student alone")
     p.add_argument("--no-sample-weights", dest="use_sample_weights", action="store_false",
                    help="do not weight examples by their prototype score")
     p.add_argument("--no-domain-loss", dest="use_domain_loss", action="store_false",
@@ -32,6 +40,13 @@ def build_parser():
     cli.add_common(p)
     cli.add_training(p, epochs=1)
     return p
+
+
+def fine_tune_role(genre, sample_weights: bool, domain_loss: bool) -> str:
+    """What a fine-tuning run is called in its checkpoint: the meta-teacher only with every ingredient."""
+    if genre is None and sample_weights and domain_loss:
+        return "meta_teacher"
+    return "fine_tuned"
 
 
 @cli_main
@@ -51,8 +66,11 @@ def main(argv=None) -> int:
         raise UserError(f"--domain-loss-weight must be >= 0, got {a.domain_loss_weight}")
     device = resolve_device(a.device)
     check_model_folder(a.model)
-    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc)
-    dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc)
+    genre = None if a.genre == "all" else a.genre
+    if genre is not None:
+        cli.check_genre(genre, proc)
+    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=genre)
+    dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=genre)
     claim_output(a.out, inputs=[a.model, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)
     model, _ = build_from_pretrained(a.model, len(proc.labels), len(proc.domains),
@@ -62,7 +80,8 @@ def main(argv=None) -> int:
     tokenizer = cli.load_tokenizer(a.model)
     train = cli.encode_split(train_df, tokenizer, proc, a.max_seq_length, a.compat, True, a.data_dir / cli.TRAIN_FILE)
     dev = cli.encode_split(dev_df, tokenizer, proc, a.max_seq_length, a.compat, False, a.data_dir / cli.DEV_FILE)
-    print(f"meta-teacher: {len(train)} training examples ({', '.join(f'{d} {int((train.domains == i).sum())}' for i, d in enumerate(proc.domains))}), "
+    role = fine_tune_role(genre, a.use_sample_weights, a.use_domain_loss)
+    print(f"{role}: {len(train)} training examples ({', '.join(f'{d} {int((train.domains == i).sum())}' for i, d in enumerate(proc.domains))}), "
           f"{len(dev)} dev, device {device}, compat {a.compat}")
 
     def step_loss(batch, step):
@@ -77,20 +96,21 @@ def main(argv=None) -> int:
                             batch["weights"] if a.use_sample_weights else None, a.domain_loss_weight)
 
     def save(folder, results):
-        info = model.metakd_info("meta_teacher", proc.labels, proc.domains, a.task)
-        info.update(compat=a.compat, max_seq_length=a.max_seq_length, source_model=str(a.model))
+        info = model.metakd_info(role, proc.labels, proc.domains, a.task)
+        info.update(compat=a.compat, max_seq_length=a.max_seq_length, source_model=str(a.model), genre=a.genre,
+                    sample_weights=a.use_sample_weights, domain_loss=a.use_domain_loss)
         save_checkpoint(folder, model, model.config, info, vocab_from=a.model)
 
     trainer = Trainer(model, train, step_loss, targs, device, a.out, save, progress=not a.no_progress,
                       evaluate=lambda: evaluate(model, dev, proc.labels, 64, device, compat=a.compat),
-                      trim=a.compat != "easynlp", stage="meta_teacher",
+                      trim=a.compat != "easynlp", stage=role if genre is None else f"{genre}/{role}",
                       fingerprint={"model": str(a.model), "data": str(a.data_dir), "compat": a.compat,
                                    "sw": a.use_sample_weights, "dl": a.use_domain_loss, "lambda": a.domain_loss_weight,
-                                   "len": a.max_seq_length})
+                                   "len": a.max_seq_length, **({"genre": genre} if genre else {})})
     results = trainer.fit()
     if trainer.rank != 0:
         return 0  # the first process reports
-    print(f"meta-teacher: best dev accuracy {results['dev'].get('accuracy', float('nan')):.4f} at step "
+    print(f"{role}: best dev accuracy {results['dev'].get('accuracy', float('nan')):.4f} at step "
           f"{results['best_step']}; saved {a.out}")
     return 0
 

@@ -1,0 +1,603 @@
+"""Does Meta-KD pay off? A grid of methods x genres x seeds through the numbered scripts, resumable.
+
+    bash compare.sh                                   # variables at its top
+    python -m metakd.compare --run-dir out/compare --methods metakd,student_alone --seeds 42,43,44
+
+Every cell (method, genre, seed) is built by the numbered scripts with the variables that pick the
+method (``TEACHER_DIR``, ``PLAIN_KD``, ``STUDENT_ALONE``, ...); every other variable (epochs, rates,
+models, ``NPROC``, ...) comes from the environment, as for the scripts, and is recorded in
+``<run-dir>/config.json`` so that a rerun cannot mix settings. What can be shared is built once:
+the processed data, each teacher per seed, each stage-1 student per (teacher, ingredients, genre,
+seed). A finished artifact (its ``results.json``) or cell (its ``eval/<method>.json``) is never
+recomputed: stop the runner at any point and rerun it to continue (an interrupted training
+resumes from its last saved state).
+
+Writes into ``<run-dir>``: ``results.csv`` (one row per cell), ``results.md`` (mean +- std over
+seeds per genre and on average; the paired difference of ``--reference`` against every other
+method on the pooled test reviews with a 95% bootstrap interval), ``accuracy.png`` and
+``curves.png``. ``--report-only`` rewrites them from the finished cells without training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from metakd import cli
+from metakd.errors import UserError, cli_main
+
+ROOT = Path(__file__).resolve().parent.parent  # the numbered scripts
+
+# The environment variables the scripts read that change what a cell computes; recorded per run dir.
+SETTINGS = ["SOURCE", "SYNTHETIC_SIZE", "TEACHER_MODEL", "STUDENT_MODEL", "TEACHER_EPOCHS", "TEACHER_LR",
+            "STAGE1_EPOCHS", "STAGE1_LR", "STAGE2_EPOCHS", "STAGE2_LR", "TEMPERATURE", "DOMAIN_LOSS_WEIGHT",
+            "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "NPROC", "NNODES"]
+# Set by the runner per cell: the environment must not set them (they would be silently overridden).
+PER_CELL = ["DATA_DIR", "OUT_DIR", "GENRE", "SEED", "COMPAT", "TEACHER_DIR", "TEACHER_GENRE", "USE_SAMPLE_WEIGHTS",
+            "USE_DOMAIN_LOSS", "STAGE1_DIR", "STUDENT_DIR", "PLAIN_KD", "USE_PROTOTYPE_WEIGHTS",
+            "USE_EXPERTISE_WEIGHTS", "USE_DOMAIN_TERM", "SKIP_STAGE1", "STUDENT_ALONE", "RESTART"]
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """How a teacher is fine-tuned (3_train_teacher.sh variables); ``single``: on the cell's genre only."""
+
+    name: str
+    sample_weights: bool
+    domain_loss: bool
+    single: bool = False
+    compat: str = "none"
+
+
+TEACHERS = {t.name: t for t in [
+    Teacher("meta", True, True),
+    Teacher("mix", False, False),
+    Teacher("single", False, False, single=True),
+    Teacher("meta_no_domain_loss", True, False),
+    Teacher("meta_easynlp", True, True, compat="easynlp"),
+]}
+
+# Stage-1 ingredients (prototype weights, expertise weights, domain term); None: no stage 1.
+STAGE1 = {"metakd": (True, True, True), "plain": (False, False, False), "no_proto": (False, True, True),
+          "no_expertise": (True, False, True), "no_domain_term": (True, True, False)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """kind: 'teacher' (the teacher itself), 'alone' (the student, no teacher) or 'kd' (two stages)."""
+
+    name: str
+    kind: str
+    teacher: Optional[str] = None
+    stage1: Optional[str] = None
+    label: str = ""
+
+
+METHODS = {m.name: m for m in [
+    Method("teacher_single", "teacher", "single", label="BERT-s (teacher, one genre)"),
+    Method("teacher_mix", "teacher", "mix", label="BERT-mix (teacher, all genres)"),
+    Method("teacher_meta", "teacher", "meta", label="Meta-teacher"),
+    Method("student_alone", "alone", label="student alone (fine-tuned, no teacher)"),
+    Method("kd_single", "kd", "single", "plain", label="TinyBERT-KD from BERT-s"),
+    Method("kd_mix", "kd", "mix", "plain", label="TinyBERT-KD from BERT-mix"),
+    Method("kd_meta", "kd", "meta", "plain", label="TinyBERT-KD from the meta-teacher"),
+    Method("metakd", "kd", "meta", "metakd", label="Meta-KD"),
+    Method("metakd_no_proto", "kd", "meta", "no_proto", label="Meta-KD, no prototype weights"),
+    Method("metakd_no_expertise", "kd", "meta", "no_expertise", label="Meta-KD, no expertise weights"),
+    Method("metakd_no_domain_term", "kd", "meta", "no_domain_term", label="Meta-KD, no domain term in stage 1"),
+    Method("metakd_teacher_no_domain_loss", "kd", "meta_no_domain_loss", "metakd",
+           label="Meta-KD, teacher without domain loss"),
+    Method("metakd_no_stage1", "kd", "meta", None, label="Meta-KD, no stage 1"),
+    Method("metakd_easynlp", "kd", "meta_easynlp", "metakd", label="Meta-KD, COMPAT=easynlp"),
+]}
+
+
+def build_parser():
+    p = cli.parser("python -m metakd.compare", __doc__)
+    p.epilog = "methods:\n" + "\n".join(f"  {m.name:31s} {m.label}" for m in METHODS.values())
+    p.add_argument("--run-dir", type=Path, default=Path("out/compare"), help="where every cell and the report go")
+    p.add_argument("--methods", default="metakd,student_alone",
+                   help="comma-separated, run in this order within each seed; known: " + ", ".join(METHODS))
+    p.add_argument("--genres", default="all", help="comma-separated genres, or all")
+    p.add_argument("--seeds", default="42,43,44", help="comma-separated integer seeds (the outermost loop)")
+    p.add_argument("--reference", default="metakd", help="the method whose paired differences are reported")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the paired intervals")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the CSV, table and plots")
+    p.add_argument("--dry-run", action="store_true", help="print the steps that would run, run none")
+    p.add_argument("--task", default="senti", choices=["senti"])
+    return p
+
+
+def parse_list(text: str, what: str) -> List[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what} is empty; give a comma-separated list")
+    if len(set(items)) != len(items):
+        raise UserError(f"--{what} names an item twice: {text}")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory's layout
+# ---------------------------------------------------------------------------------------------
+
+class Layout:
+    def __init__(self, run_dir: Path):
+        self.run = run_dir
+        self.data = run_dir / "data"
+        self.walls = run_dir / "walls.tsv"
+        self.logs = run_dir / "logs"
+
+    def seed(self, seed: int) -> Path:
+        return self.run / f"seed{seed}"
+
+    def teacher(self, t: Teacher, genre: str, seed: int) -> Path:
+        if t.single:
+            return self.seed(seed) / genre / "single_teacher"
+        return self.seed(seed) / ("meta_teacher" if t.name == "meta" else f"{t.name}_teacher")
+
+    def stage1(self, teacher: str, variant: str, genre: str, seed: int) -> Path:
+        return self.seed(seed) / genre / f"stage1_{teacher}_{variant}"
+
+    def final(self, m: Method, genre: str, seed: int) -> Path:
+        return self.seed(seed) / genre / m.name
+
+    def evaluation(self, method: str, genre: str, seed: int) -> Path:
+        return self.seed(seed) / genre / "eval" / f"{method}.json"
+
+
+@dataclass
+class Step:
+    """One numbered script run that produces ``out`` (done when ``out/results.json`` exists)."""
+
+    script: str
+    out: Path
+    env: Dict[str, str]
+    done_file: str = "results.json"
+
+    @property
+    def done(self) -> bool:
+        return (self.out / self.done_file).exists()
+
+
+def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
+    """The steps a cell needs, in order (shared ones are the same Step paths in every cell)."""
+    base = {"DATA_DIR": str(lay.data), "GENRE": genre, "SEED": str(seed), "OUT_DIR": str(lay.seed(seed))}
+    steps: List[Step] = []
+    compat = "none"
+    if m.teacher is not None:
+        t = TEACHERS[m.teacher]
+        compat = t.compat
+        tdir = lay.teacher(t, genre, seed)
+        steps.append(Step("3_train_teacher.sh", tdir, {
+            **base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "TEACHER_GENRE": genre if t.single else "all",
+            "USE_SAMPLE_WEIGHTS": str(int(t.sample_weights)), "USE_DOMAIN_LOSS": str(int(t.domain_loss))}))
+    if m.kind == "alone":
+        steps.append(Step("5_student_second.sh", lay.final(m, genre, seed),
+                          {**base, "COMPAT": compat, "STUDENT_ALONE": "1", "STUDENT_DIR": str(lay.final(m, genre, seed))}))
+    elif m.kind == "kd":
+        tdir = steps[-1].out
+        second = {**base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "STUDENT_DIR": str(lay.final(m, genre, seed))}
+        if m.stage1 is None:
+            second["SKIP_STAGE1"] = "1"
+        else:
+            proto, expertise, domain = STAGE1[m.stage1]
+            s1 = lay.stage1(m.teacher, m.stage1, genre, seed)
+            steps.append(Step("4_student_first.sh", s1, {
+                **base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "STAGE1_DIR": str(s1),
+                "USE_PROTOTYPE_WEIGHTS": str(int(proto)), "USE_EXPERTISE_WEIGHTS": str(int(expertise)),
+                "USE_DOMAIN_TERM": str(int(domain))}))
+            second["STAGE1_DIR"] = str(s1)
+        steps.append(Step("5_student_second.sh", lay.final(m, genre, seed), second))
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
+    """The result-changing variables of this run dir; a rerun with other values is refused."""
+    settings = {k: env[k] for k in SETTINGS if k in env}
+    path = lay.run / "config.json"
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("settings") != settings:
+            diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
+                          if saved.get("settings", {}).get(k) != settings.get(k))
+            raise UserError(f"this run dir was made with other settings ({', '.join(diff)} differ: "
+                            f"{[(k, saved.get('settings', {}).get(k), settings.get(k)) for k in diff]}); rerun with the "
+                            "recorded ones (config.json) or choose another --run-dir", lay.run)
+        return saved
+    from metakd.fileio import write_json
+
+    cfg = {"settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    lay.run.mkdir(parents=True, exist_ok=True)
+    write_json(path, cfg)
+    return cfg
+
+
+class Runner:
+    def __init__(self, lay: Layout, env: Dict[str, str], dry_run: bool = False):
+        self.lay, self.env, self.dry_run = lay, env, dry_run
+        self.child: Optional[subprocess.Popen] = None
+
+    def stop_child(self, signum, frame):
+        # The scripts run in their own session: pass the stop on to the whole training (the launcher
+        # and its processes), then stop; a rerun resumes from their last saved state.
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)
+            try:
+                self.child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.child.pid, signal.SIGKILL)
+        raise KeyboardInterrupt
+
+    def run(self, step: Step, what: str) -> None:
+        if step.done:
+            return
+        if self.dry_run:
+            print(f"would run: {' '.join(f'{k}={v}' for k, v in step.env.items())} bash {step.script}   # {what}")
+            return
+        self.lay.logs.mkdir(parents=True, exist_ok=True)
+        log = self.lay.logs / (str(step.out.relative_to(self.lay.run)).replace("/", "__") + ".log")
+        print(f"[{time.strftime('%H:%M:%S')}] {what}: bash {step.script} -> {step.out} (log {log})", flush=True)
+        t0 = time.perf_counter()
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} {json.dumps(step.env)}\n")
+            f.flush()
+            self.child = subprocess.Popen(["bash", str(ROOT / step.script)], env={**self.env, **step.env},
+                                          stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            rc = self.child.wait()
+            self.child = None
+        wall = time.perf_counter() - t0
+        with open(self.lay.walls, "a", encoding="utf-8") as f:
+            f.write(f"{step.out.relative_to(self.lay.run)}\t{wall:.1f}\n")
+        if rc != 0 or not step.done:
+            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+            print(tail, file=sys.stderr)
+            raise UserError(f"{step.script} failed (exit {rc}) for {what}; its output is in {log} (last lines above); "
+                            "fix the cause and rerun to continue", step.out)
+        print(f"[{time.strftime('%H:%M:%S')}] {what}: done in {wall:.1f} s", flush=True)
+
+    def prepare_data(self) -> None:
+        data_env = {"DATA_DIR": str(self.lay.data)}
+        self.run(Step("1_get_data.sh", self.lay.data, data_env, done_file="test.tsv"), "data")
+        self.run(Step("2_process_data.sh", self.lay.data, data_env, done_file=cli.TEST_FILE), "prototype scores")
+
+
+def evaluate_cell(folder: Path, genre: str, data_dir: Path, proc, device) -> dict:
+    """Dev and test metrics of one model on one genre, with every test review's prediction."""
+    from metakd.evaluation import classification_metrics, predict_logits
+    from metakd.meta_model import load_meta_checkpoint
+
+    model, info = load_meta_checkpoint(folder, verbose=False)
+    model = model.to(device)
+    tok = cli.load_tokenizer(folder)
+    compat = info.get("compat", "none")
+    out = {"folder": str(folder)}
+    for split, name in (("dev", cli.DEV_FILE), ("test", cli.TEST_FILE)):
+        df = cli.read_standard(data_dir / name, proc, genre=genre)
+        enc = cli.encode_split(df, tok, proc, int(info.get("max_seq_length", 128)), compat, False, data_dir / name)
+        logits = predict_logits(model, enc, 64, device, compat=compat)
+        out[split] = classification_metrics(enc.labels, logits, proc.labels)
+        if split == "test":
+            out["test_labels"] = [int(v) for v in enc.labels]
+            out["test_predictions"] = [int(v) for v in logits.argmax(axis=1)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+def read_walls(lay: Layout) -> Dict[str, float]:
+    walls: Dict[str, float] = {}
+    if lay.walls.exists():
+        for line in lay.walls.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) == 2:
+                walls[parts[0]] = walls.get(parts[0], 0.0) + float(parts[1])
+    return walls
+
+
+def collect(lay: Layout, proc) -> Tuple["pd.DataFrame", Dict[Tuple[str, str, int], dict]]:
+    """Every finished cell in the run dir: the tidy table and the evaluations (with predictions)."""
+    import pandas as pd
+
+    walls = read_walls(lay)
+    rows, evals = [], {}
+    for seed_dir in sorted(lay.run.glob("seed*")):
+        try:
+            seed = int(seed_dir.name[4:])
+        except ValueError:
+            continue
+        for genre in proc.domains:
+            for path in sorted((seed_dir / genre / "eval").glob("*.json")):
+                name = path.stem
+                if name not in METHODS:
+                    continue
+                ev = json.loads(path.read_text(encoding="utf-8"))
+                evals[(name, genre, seed)] = ev
+                chain = model_chain(METHODS[name], genre, seed, lay)
+                results = [json.loads((s.out / "results.json").read_text(encoding="utf-8")) for s in chain]
+                kinds = [s.script for s in chain]
+                teacher_epochs = [r["epochs"] for r, k in zip(results, kinds) if k.startswith("3_")]
+                student_epochs = sum(r["epochs"] for r, k in zip(results, kinds) if not k.startswith("3_"))
+                wall = sum(walls.get(str(s.out.relative_to(lay.run)), float("nan")) for s in chain)
+                rows.append({"method": name, "genre": genre, "seed": seed,
+                             "dev_accuracy": ev["dev"]["accuracy"], "dev_macro_f1": ev["dev"]["macro_f1"],
+                             "test_accuracy": ev["test"]["accuracy"], "test_macro_f1": ev["test"]["macro_f1"],
+                             "n_test": ev["test"]["n"], "teacher_epochs": teacher_epochs[0] if teacher_epochs else "",
+                             "student_epochs": student_epochs or "", "wall_s": round(wall, 1),
+                             "folder": str(Path(ev["folder"]).relative_to(lay.run)) if Path(ev["folder"]).is_relative_to(lay.run) else ev["folder"]})
+    cols = ["method", "genre", "seed", "dev_accuracy", "dev_macro_f1", "test_accuracy", "test_macro_f1", "n_test",
+            "teacher_epochs", "student_epochs", "wall_s", "folder"]
+    df = pd.DataFrame(rows, columns=cols)
+    order = {m: i for i, m in enumerate(METHODS)}
+    if len(df):
+        df = df.sort_values(["method", "genre", "seed"], key=lambda s: s.map(order) if s.name == "method" else s)
+    return df.reset_index(drop=True), evals
+
+
+def summary_table(df, genres: Sequence[str], metric: str = "test_accuracy") -> List[dict]:
+    """Per method: mean +- std over seeds per genre, and of the per-seed average over all genres."""
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        row = {"method": method}
+        for genre in genres:
+            v = g[g.genre == genre][metric].to_numpy()
+            row[genre] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v))
+        per_seed = g.groupby("seed").filter(lambda s: set(genres) <= set(s.genre)).groupby("seed")[metric].mean().to_numpy()
+        row["average"] = (float(per_seed.mean()) if len(per_seed) else float("nan"),
+                          float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"), len(per_seed))
+        rows.append(row)
+    return rows
+
+
+def paired_difference(evals: Dict[Tuple[str, str, int], dict], a: str, b: str, n_boot: int,
+                      rng_seed: int = 0) -> Optional[dict]:
+    """Accuracy of ``a`` minus ``b`` on the pooled test reviews of every (genre, seed) both have.
+
+    Per review: the difference of correctness averaged over the shared seeds of its genre; the
+    estimate is the mean over all pooled reviews, and the interval the 2.5/97.5 percentiles of that
+    mean over ``n_boot`` resamples of the reviews (with replacement, within each genre).
+    """
+    per_genre = []
+    seeds_used, genres_used = set(), []
+    for genre in sorted({g for (_, g, _) in evals}):
+        seeds = sorted(s for (m, g, s) in evals if m == a and g == genre and (b, genre, s) in evals)
+        if not seeds:
+            continue
+        d = []
+        for s in seeds:
+            ea, eb = evals[(a, genre, s)], evals[(b, genre, s)]
+            y = np.asarray(ea["test_labels"])
+            if list(y) != list(eb["test_labels"]):
+                raise UserError(f"{a} and {b} were evaluated on different test rows for {genre}, seed {s}")
+            d.append((np.asarray(ea["test_predictions"]) == y).astype(float) - (np.asarray(eb["test_predictions"]) == y))
+        per_genre.append(np.mean(d, axis=0))
+        seeds_used.update(seeds)
+        genres_used.append(genre)
+    if not per_genre:
+        return None
+    pooled = np.concatenate(per_genre)
+    rng = np.random.default_rng(rng_seed)
+    boots = np.zeros(n_boot)
+    n_total = len(pooled)
+    for g in per_genre:  # stratified: each genre resampled within itself
+        idx = rng.integers(0, len(g), size=(n_boot, len(g)))
+        boots += g[idx].sum(axis=1)
+    boots /= n_total
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"a": a, "b": b, "difference": float(pooled.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "n_reviews": int(n_total), "genres": genres_used, "seeds": sorted(seeds_used)}
+
+
+def fmt(cell) -> str:
+    mean, std, n = cell
+    if n == 0 or not np.isfinite(mean):
+        return ""
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if np.isfinite(std) else "") + f" ({n})"
+
+
+def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = False) -> Optional[Path]:
+    from metakd.fileio import atomic_open
+
+    df, evals = collect(lay, proc)
+    if not len(df):
+        print("no finished cells yet: nothing to report")
+        return None
+    genres = [g for g in proc.domains if g in set(df.genre)]
+    with atomic_open(lay.run / "results.csv", "w") as f:
+        df.to_csv(f, index=False)
+    lines = ["# Comparison", "",
+             f"Test accuracy (%), mean ± std over seeds (number of seeds); average = the mean over the "
+             f"{len(genres)} genres per seed, then over seeds. Selection by dev only.", "",
+             "| method | " + " | ".join(genres) + " | average |", "|---|" + "---|" * (len(genres) + 1)]
+    for row in summary_table(df, genres):
+        lines.append(f"| {row['method']} | " + " | ".join(fmt(row[g]) for g in genres) + f" | {fmt(row['average'])} |")
+    lines += ["", "Dev accuracy (%) of the same cells:", "",
+              "| method | " + " | ".join(genres) + " | average |", "|---|" + "---|" * (len(genres) + 1)]
+    for row in summary_table(df, genres, "dev_accuracy"):
+        lines.append(f"| {row['method']} | " + " | ".join(fmt(row[g]) for g in genres) + f" | {fmt(row['average'])} |")
+    diffs = [paired_difference(evals, reference, m, n_boot) for m in df.method.unique() if m != reference]
+    diffs = [d for d in diffs if d is not None]
+    if diffs:
+        lines += ["", f"Paired difference on the pooled test reviews: {reference} minus each method, accuracy points "
+                      "(95% bootstrap interval over reviews, resampled within each genre; each review's difference "
+                      "averaged over the seeds both have):", "",
+                  "| method | difference | 95% interval | reviews | genres | seeds |", "|---|---|---|---|---|---|"]
+        for d in diffs:
+            lines.append(f"| {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
+                         f"| {d['n_reviews']} | {len(d['genres'])} | {','.join(map(str, d['seeds']))} |")
+    with atomic_open(lay.run / "results.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    from metakd.fileio import write_json
+    write_json(lay.run / "paired.json", diffs)
+    plot_accuracy(df, genres, lay.run / "accuracy.png")
+    plot_curves(df, lay, lay.run / "curves.png")
+    if quiet:
+        return lay.run / "results.md"
+    print("\n".join(lines))
+    print(f"wrote {lay.run / 'results.csv'}, results.md, paired.json, accuracy.png, curves.png")
+    return lay.run / "results.md"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
+    """Test accuracy per genre (and average) and method: bars of the mean, error bars of the std."""
+    from metakd.fileio import atomic_open
+
+    plt = _pyplot()
+    rows = summary_table(df, genres)
+    groups = list(genres) + ["average"]
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 0.3 * len(rows)), 4.2))
+    x = np.arange(len(groups))
+    for i, row in enumerate(rows):
+        means = [100 * row[g][0] for g in groups]
+        stds = [100 * row[g][1] if np.isfinite(row[g][1]) else 0 for g in groups]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=row["method"])
+    ax.set_xticks(x, groups)
+    ax.set_ylabel("test accuracy (%)")
+    vals = [100 * row[g][0] for row in rows for g in groups if np.isfinite(row[g][0])]
+    if vals:
+        ax.set_ylim(max(0, min(vals) - 8), min(100, max(vals) + 4))
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title("Test accuracy, mean ± std over seeds")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(df, lay: Layout, path: Path) -> None:
+    """From each cell's final model's results.json: training loss and dev accuracy against epochs."""
+    from metakd.fileio import atomic_open
+
+    plt = _pyplot()
+    genres = [g for g in dict.fromkeys(df.genre)]
+    methods = list(dict.fromkeys(df.method))
+    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(2, len(genres), figsize=(3.6 * len(genres), 6), squeeze=False)
+    for _, r in df.iterrows():
+        res_path = lay.run / r.folder / "results.json" if not Path(r.folder).is_absolute() else Path(r.folder) / "results.json"
+        if not res_path.exists():
+            continue
+        res = json.loads(res_path.read_text(encoding="utf-8"))
+        per_epoch = max(res.get("total_steps", 1), 1) / max(res.get("epochs", 1), 1)
+        col = genres.index(r.genre)
+        label = r.method if r.seed == df[df.method == r.method].seed.min() and r.genre == genres[0] else None
+        th = res.get("train_history", [])
+        if th:
+            axes[0, col].plot([h["step"] / per_epoch for h in th], [h["loss"] for h in th], color=colors[r.method],
+                              lw=0.8, alpha=0.8, label=label)
+        hist = res.get("history", [])
+        if hist:
+            axes[1, col].plot([h["step"] / per_epoch for h in hist], [100 * h["accuracy"] for h in hist],
+                              color=colors[r.method], lw=0.8, alpha=0.8, marker=".", ms=3)
+    for col, g in enumerate(genres):
+        axes[0, col].set_title(g)
+        axes[0, col].set_yscale("log")
+        axes[0, col].set_xlabel("epoch")
+        axes[1, col].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("training loss (log; each method its own loss)")
+    axes[1, 0].set_ylabel("dev accuracy (%)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 5))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+@cli_main
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    proc = cli.processor(a.task)
+    methods = parse_list(a.methods, "methods")
+    for m in methods + [a.reference]:
+        if m not in METHODS:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    genres = list(proc.domains) if a.genres == "all" else parse_list(a.genres, "genres")
+    for g in genres:
+        cli.check_genre(g, proc)
+    try:
+        seeds = [int(s) for s in parse_list(a.seeds, "seeds")]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {a.seeds!r}") from None
+    if a.bootstrap < 100:
+        raise UserError(f"--bootstrap must be >= 100, got {a.bootstrap}")
+    lay = Layout(a.run_dir.resolve())
+    if a.report_only:
+        if not lay.run.is_dir():
+            raise UserError("no such run dir; run the comparison first", lay.run)
+        write_report(lay, proc, a.reference, a.bootstrap)
+        return 0
+    set_here = [k for k in PER_CELL if k in os.environ]
+    if set_here:
+        raise UserError(f"{', '.join(set_here)} set in the environment: the runner sets these per cell; unset them")
+
+    env = dict(os.environ)
+    env.setdefault("METAKD_PYTHON", sys.executable)
+    if not a.dry_run:
+        record_settings(lay, env)
+    runner = Runner(lay, env, a.dry_run)
+    signal.signal(signal.SIGTERM, runner.stop_child)
+    cells = [(seed, METHODS[m], g) for seed in seeds for m in methods for g in genres]
+    print(f"comparison in {lay.run}: {len(methods)} methods x {len(genres)} genres x {len(seeds)} seeds = "
+          f"{len(cells)} cells")
+    runner.prepare_data()
+    device = None
+    try:
+        for i, (seed, m, genre) in enumerate(cells, 1):
+            ev_path = lay.evaluation(m.name, genre, seed)
+            if ev_path.exists():
+                continue
+            what = f"cell {i}/{len(cells)} {m.name} {genre} seed {seed}"
+            chain = model_chain(m, genre, seed, lay)
+            for step in chain:
+                runner.run(step, f"{what}: {step.out.name}")
+            if a.dry_run:
+                continue
+            from metakd.fileio import write_json
+            from metakd.runtime import resolve_device
+
+            device = device or resolve_device(env.get("DEVICE", "auto"))
+            t0 = time.perf_counter()
+            ev = evaluate_cell(chain[-1].out, genre, lay.data, proc, device)
+            ev.update(method=m.name, genre=genre, seed=seed, eval_seconds=round(time.perf_counter() - t0, 2))
+            write_json(ev_path, ev)
+            print(f"[{time.strftime('%H:%M:%S')}] {what}: dev {ev['dev']['accuracy']:.4f} test {ev['test']['accuracy']:.4f}",
+                  flush=True)
+            write_report(lay, proc, a.reference, a.bootstrap, quiet=True)  # partial results as they arrive
+    except KeyboardInterrupt:
+        print("stopped; rerun the same command to continue (finished cells are kept)", file=sys.stderr)
+        return 130
+    if not a.dry_run:
+        write_report(lay, proc, a.reference, a.bootstrap)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
