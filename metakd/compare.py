@@ -489,13 +489,17 @@ def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
 
 
 def plot_curves(df, lay: Layout, path: Path) -> None:
-    """From each cell's final model's results.json: training loss and dev accuracy against epochs."""
+    """From each student's results.json: training loss and dev accuracy against epochs, a line per
+    seed (the teachers are left out: their history is dev accuracy over every genre)."""
     from metakd.fileio import atomic_open
 
     plt = _pyplot()
+    df = df[[METHODS[m].kind != "teacher" for m in df.method]]
+    if not len(df):
+        return
     genres = [g for g in dict.fromkeys(df.genre)]
     methods = list(dict.fromkeys(df.method))
-    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(2, len(genres), figsize=(3.6 * len(genres), 6), squeeze=False)
     for _, r in df.iterrows():
         res_path = lay.run / r.folder / "results.json" if not Path(r.folder).is_absolute() else Path(r.folder) / "results.json"
@@ -505,9 +509,11 @@ def plot_curves(df, lay: Layout, path: Path) -> None:
         per_epoch = max(res.get("total_steps", 1), 1) / max(res.get("epochs", 1), 1)
         col = genres.index(r.genre)
         label = r.method if r.seed == df[df.method == r.method].seed.min() and r.genre == genres[0] else None
-        th = res.get("train_history", [])
-        if th:
-            axes[0, col].plot([h["step"] / per_epoch for h in th], [h["loss"] for h in th], color=colors[r.method],
+        losses = np.asarray(res.get("train_loss", []), dtype=float)
+        if len(losses):
+            k = max(1, min(len(losses) // 20, 25))  # a running mean over k steps
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            axes[0, col].plot((np.arange(len(smooth)) + k) / per_epoch, smooth, color=colors[r.method],
                               lw=0.8, alpha=0.8, label=label)
         hist = res.get("history", [])
         if hist:
@@ -518,7 +524,7 @@ def plot_curves(df, lay: Layout, path: Path) -> None:
         axes[0, col].set_yscale("log")
         axes[0, col].set_xlabel("epoch")
         axes[1, col].set_xlabel("epoch")
-    axes[0, 0].set_ylabel("training loss (log; each method its own loss)")
+    axes[0, 0].set_ylabel("training loss (each its own)")
     axes[1, 0].set_ylabel("dev accuracy (%)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:

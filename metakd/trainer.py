@@ -89,7 +89,7 @@ class Progress:
     best_step: int = -1
     best_eval: Dict[str, float] = field(default_factory=dict)
     history: List[dict] = field(default_factory=list)
-    train_history: List[dict] = field(default_factory=list)  # the running means of each log line
+    train_loss: List[float] = field(default_factory=list)  # every step's loss (exact across resumes)
     train_seconds: float = 0.0
     samples_seen: int = 0
     tokens_seen: int = 0
@@ -318,7 +318,7 @@ class Trainer:
             "selected_by": f"dev {self.select_metric}" if self.evaluate is not None else "final step (no dev selection)",
             "dev": p.best_eval,
             "history": p.history,
-            "train_history": p.train_history,
+            "train_loss": p.train_loss,
             "train_seconds": round(p.train_seconds, 3),
             "train_samples_per_second": round(p.samples_seen / secs, 3),
             "train_tokens_per_second": round(p.tokens_seen / secs, 1),
@@ -419,6 +419,7 @@ class Trainer:
                         p.tokens_seen += int(self.data.attention_mask[idx].sum()) * self.world_size
                         samples_since_log += len(idx) * self.world_size
                         running["loss"] = running.get("loss", 0.0) + loss_value
+                        p.train_loss.append(round(loss_value, 6))
                         for k, v in logs.items():
                             running[k] = running.get(k, 0.0) + float(v.numpy())
                         n_running += 1
@@ -426,8 +427,6 @@ class Trainer:
                         if p.global_step % args.log_every == 0 or p.global_step == self.total_steps:
                             dt = time.perf_counter() - t_log
                             lr = self.update.lr
-                            p.train_history.append({"step": p.global_step, "epoch": epoch + 1, "lr": lr,
-                                                    **{k: round(v / n_running, 6) for k, v in running.items()}})
                             self._log(f"[{self.stage}] epoch {epoch + 1}/{args.epochs} step {p.global_step}/{self.total_steps} "
                                       + " ".join(f"{k} {v / n_running:.4f}" for k, v in running.items())
                                       + f" lr {lr:.3g} | {samples_since_log / max(dt, 1e-9):.1f} samples/s")
