@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The real comparison of docs/results.md: the real reviews and the ../shared/models pair on CPU
+# (NPROC=2, global batch 16, epochs 1/3/3 as tools/real_run.sh), run in phases, most informative first.
+# Resumable: rerun it (from the same commit) and finished cells are kept. RUN_DIR as in compare.sh.
+# PHASES picks phases (default all, in order): 1 Meta-KD vs the student alone and the meta-teacher;
+# 2 plain KD from the meta-teacher and Meta-KD without stage 1; 3 BERT-mix, BERT-s and KD from them;
+# 4 the other ablations; 5 COMPAT=easynlp Meta-KD on books (seed 42).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="$(realpath -m "${SHARED:-../shared}")"
+export SOURCE="${SOURCE:-$SHARED/data/amazon_multidomain/sorted_data_acl}"
+export TEACHER_MODEL="${TEACHER_MODEL:-$SHARED/models/all-MiniLM-L6-v2}"
+export STUDENT_MODEL="${STUDENT_MODEL:-$SHARED/models/paraphrase-MiniLM-L3-v2}"
+export DEVICE="${DEVICE:-cpu}" NPROC="${NPROC:-2}" BATCH_SIZE="${BATCH_SIZE:-8}" EVAL_EVERY="${EVAL_EVERY:-100}"
+export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}" STAGE2_EPOCHS="${STAGE2_EPOCHS:-3}"
+export RUN_DIR="${RUN_DIR:-out/compare_real}" SEEDS="${SEEDS:-42,43,44}"
+PHASES="${PHASES:-1 2 3 4 5}"
+for phase in $PHASES; do
+  case "$phase" in
+    1) METHODS=teacher_meta,metakd,student_alone bash compare.sh ;;
+    2) METHODS=kd_meta,metakd_no_stage1 bash compare.sh ;;
+    3) METHODS=teacher_mix,kd_mix,teacher_single,kd_single bash compare.sh ;;
+    4) METHODS=metakd_no_proto,metakd_no_expertise,metakd_no_domain_term,metakd_teacher_no_domain_loss bash compare.sh ;;
+    5) METHODS=metakd_easynlp GENRES=books SEEDS=42 bash compare.sh ;;
+    *) echo "error: tools/compare_real.sh: unknown phase $phase; PHASES is a list of 1-5" >&2; exit 2 ;;
+  esac
+done
