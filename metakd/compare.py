@@ -162,6 +162,7 @@ class Step:
     out: Path
     env: Dict[str, str]
     done_file: str = "results.json"
+    key: str = ""  # its name in walls.tsv, when the folder is not enough (the two data steps)
 
     @property
     def done(self) -> bool:
@@ -230,16 +231,16 @@ class Runner:
         self.lay, self.env, self.dry_run = lay, env, dry_run
         self.child: Optional[subprocess.Popen] = None
 
-    def stop_child(self, signum, frame):
-        # The scripts run in their own session: pass the stop on to the whole training (the launcher
-        # and its processes), then stop; a rerun resumes from their last saved state.
+    def stop_child(self) -> None:
+        """The scripts run in their own session (so that a stop reaches the launcher and every
+        training process): end the whole group; a rerun resumes from its last saved state."""
         if self.child is not None and self.child.poll() is None:
             os.killpg(self.child.pid, signal.SIGTERM)
             try:
                 self.child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.child.pid, signal.SIGKILL)
-        raise KeyboardInterrupt
+                self.child.wait()
 
     def run(self, step: Step, what: str) -> None:
         if step.done:
@@ -256,11 +257,15 @@ class Runner:
             f.flush()
             self.child = subprocess.Popen(["bash", str(ROOT / step.script)], env={**self.env, **step.env},
                                           stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-            rc = self.child.wait()
+            try:
+                rc = self.child.wait()
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
+                self.stop_child()
+                self._record_wall(step, time.perf_counter() - t0)  # the compute spent counts, resumed or not
+                raise
             self.child = None
         wall = time.perf_counter() - t0
-        with open(self.lay.walls, "a", encoding="utf-8") as f:
-            f.write(f"{step.out.relative_to(self.lay.run)}\t{wall:.1f}\n")
+        self._record_wall(step, wall)
         if rc != 0 or not step.done:
             tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
             print(tail, file=sys.stderr)
@@ -268,10 +273,15 @@ class Runner:
                             "fix the cause and rerun to continue", step.out)
         print(f"[{time.strftime('%H:%M:%S')}] {what}: done in {wall:.1f} s", flush=True)
 
+    def _record_wall(self, step: Step, seconds: float) -> None:
+        with open(self.lay.walls, "a", encoding="utf-8") as f:
+            f.write(f"{step.key or step.out.relative_to(self.lay.run)}\t{seconds:.1f}\n")
+
     def prepare_data(self) -> None:
         data_env = {"DATA_DIR": str(self.lay.data)}
-        self.run(Step("1_get_data.sh", self.lay.data, data_env, done_file="test.tsv"), "data")
-        self.run(Step("2_process_data.sh", self.lay.data, data_env, done_file=cli.TEST_FILE), "prototype scores")
+        self.run(Step("1_get_data.sh", self.lay.data, data_env, done_file="test.tsv", key="data/1_get_data"), "data")
+        self.run(Step("2_process_data.sh", self.lay.data, data_env, done_file=cli.TEST_FILE, key="data/2_process_data"),
+                 "prototype scores")
 
 
 def evaluate_cell(folder: Path, genre: str, data_dir: Path, proc, device) -> dict:
@@ -537,6 +547,17 @@ def plot_curves(df, lay: Layout, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _own_signals() -> None:
+    """Ctrl-C and SIGTERM stop the runner and its training cleanly. OneFlow, once it runs in this
+    process (the evaluations), installs handlers that end the process at once: put ours back."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
@@ -569,13 +590,13 @@ def main(argv=None) -> int:
     if not a.dry_run:
         record_settings(lay, env)
     runner = Runner(lay, env, a.dry_run)
-    signal.signal(signal.SIGTERM, runner.stop_child)
+    _own_signals()
     cells = [(seed, METHODS[m], g) for seed in seeds for m in methods for g in genres]
     print(f"comparison in {lay.run}: {len(methods)} methods x {len(genres)} genres x {len(seeds)} seeds = "
           f"{len(cells)} cells")
-    runner.prepare_data()
     device = None
     try:
+        runner.prepare_data()
         for i, (seed, m, genre) in enumerate(cells, 1):
             ev_path = lay.evaluation(m.name, genre, seed)
             if ev_path.exists():
@@ -590,8 +611,10 @@ def main(argv=None) -> int:
             from metakd.runtime import resolve_device
 
             device = device or resolve_device(env.get("DEVICE", "auto"))
+            _own_signals()
             t0 = time.perf_counter()
             ev = evaluate_cell(chain[-1].out, genre, lay.data, proc, device)
+            _own_signals()
             ev.update(method=m.name, genre=genre, seed=seed, eval_seconds=round(time.perf_counter() - t0, 2))
             write_json(ev_path, ev)
             print(f"[{time.strftime('%H:%M:%S')}] {what}: dev {ev['dev']['accuracy']:.4f} test {ev['test']['accuracy']:.4f}",
@@ -599,7 +622,7 @@ def main(argv=None) -> int:
             write_report(lay, proc, a.reference, a.bootstrap, quiet=True)  # partial results as they arrive
     except KeyboardInterrupt:
         print("stopped; rerun the same command to continue (finished cells are kept)", file=sys.stderr)
-        return 130
+        sys.exit(130)
     if not a.dry_run:
         write_report(lay, proc, a.reference, a.bootstrap)
     return 0
