@@ -20,6 +20,7 @@ DOMAIN_LOSS_WEIGHT="${DOMAIN_LOSS_WEIGHT:-0.5}"             # weight of the doma
 USE_PROTOTYPE_WEIGHTS="${USE_PROTOTYPE_WEIGHTS:-1}"         # 1: weight (1 + prototype score); 0: 1
 USE_EXPERTISE_WEIGHTS="${USE_EXPERTISE_WEIGHTS:-1}"         # 1: times the teacher's domain expertise; 0: 1
 USE_DOMAIN_TERM="${USE_DOMAIN_TERM:-1}"                     # 1: the domain-representation MSE; 0: none
+USE_ATTENTION_TERM="${USE_ATTENTION_TERM:-1}"               # 1: the attention-score MSE; 0: hidden states only
 PLAIN_KD="${PLAIN_KD:-0}"                                   # 1: all three ingredients off (plain two-stage KD)
 TEACHER_CACHE_GB="${TEACHER_CACHE_GB:-4}"                   # memory for the frozen teacher's targets (computed once); 0: none
 LOG_EVERY="${LOG_EVERY:-20}"
@@ -35,6 +36,7 @@ flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 [ "$USE_PROTOTYPE_WEIGHTS" = 1 ] || flags+=(--no-prototype-weights)
 [ "$USE_EXPERTISE_WEIGHTS" = 1 ] || flags+=(--no-expertise-weights)
 [ "$USE_DOMAIN_TERM" = 1 ] || flags+=(--no-domain-term)
+[ "$USE_ATTENTION_TERM" = 1 ] || flags+=(--no-attention-term)
 [ "$PLAIN_KD" = 1 ] && flags+=(--plain-kd)
 DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STUDENT_MODEL" --out "$STAGE1_DIR" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \

@@ -19,6 +19,8 @@ STAGE1_EPOCHS="${STAGE1_EPOCHS:-10}"                        # STUDENT_ALONE trai
 STAGE2_EPOCHS="${STAGE2_EPOCHS:-10}"
 STAGE2_LR="${STAGE2_LR:-3e-5}"
 TEMPERATURE="${TEMPERATURE:-2}"                             # softmax temperature T (a float)
+ALPHA="${ALPHA:-0}"                                         # hard labels: ALPHA * CE(y) + (1 - ALPHA) * soft term
+T_SQUARED="${T_SQUARED:-0}"                                 # 1: the soft term times T^2
 BATCH_SIZE="${BATCH_SIZE:-16}"
 MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"
 EVAL_EVERY="${EVAL_EVERY:-50}"                              # dev evaluation every N steps (0: per epoch)
@@ -44,8 +46,9 @@ if [ "$STUDENT_ALONE" = 1 ]; then
   exit
 fi
 [ "$SKIP_STAGE1" = 1 ] && STAGE1_DIR="$STUDENT_MODEL"
+[ "$T_SQUARED" = 1 ] && flags+=(--t-squared)
 DISTRIBUTED=1 run_metakd distill --stage second --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STAGE1_DIR" --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/meta_student_finetune}" \
-  --epochs "$STAGE2_EPOCHS" --lr "$STAGE2_LR" --temperature "$TEMPERATURE" --batch-size "$BATCH_SIZE" \
+  --epochs "$STAGE2_EPOCHS" --lr "$STAGE2_LR" --temperature "$TEMPERATURE" --alpha "$ALPHA" --batch-size "$BATCH_SIZE" \
   --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
   --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"

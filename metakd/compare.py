@@ -43,7 +43,8 @@ SETTINGS = ["SOURCE", "SYNTHETIC_SIZE", "TEACHER_MODEL", "STUDENT_MODEL", "TEACH
 # Set by the runner per cell: the environment must not set them (they would be silently overridden).
 PER_CELL = ["DATA_DIR", "OUT_DIR", "GENRE", "SEED", "COMPAT", "TEACHER_DIR", "TEACHER_GENRE", "USE_SAMPLE_WEIGHTS",
             "USE_DOMAIN_LOSS", "STAGE1_DIR", "STUDENT_DIR", "PLAIN_KD", "USE_PROTOTYPE_WEIGHTS",
-            "USE_EXPERTISE_WEIGHTS", "USE_DOMAIN_TERM", "SKIP_STAGE1", "STUDENT_ALONE", "RESTART"]
+            "USE_EXPERTISE_WEIGHTS", "USE_DOMAIN_TERM", "USE_ATTENTION_TERM", "SKIP_STAGE1", "STUDENT_ALONE", "ALPHA",
+            "T_SQUARED", "RESTART"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,18 @@ TEACHERS = {t.name: t for t in [
     Teacher("meta_easynlp", True, True, compat="easynlp"),
 ]}
 
-# Stage-1 ingredients (prototype weights, expertise weights, domain term); None: no stage 1.
-STAGE1 = {"metakd": (True, True, True), "plain": (False, False, False), "no_proto": (False, True, True),
-          "no_expertise": (True, False, True), "no_domain_term": (True, True, False)}
+# Stage-1 ingredients: 4_student_first.sh's switches (all 1 is Meta-KD); a method's stage1=None skips it.
+_ON = {"USE_PROTOTYPE_WEIGHTS": "1", "USE_EXPERTISE_WEIGHTS": "1", "USE_DOMAIN_TERM": "1", "USE_ATTENTION_TERM": "1"}
+STAGE1 = {
+    "metakd": _ON,
+    "plain": {**_ON, "USE_PROTOTYPE_WEIGHTS": "0", "USE_EXPERTISE_WEIGHTS": "0", "USE_DOMAIN_TERM": "0"},
+    "no_proto": {**_ON, "USE_PROTOTYPE_WEIGHTS": "0"},
+    "no_expertise": {**_ON, "USE_EXPERTISE_WEIGHTS": "0"},
+    "no_domain_term": {**_ON, "USE_DOMAIN_TERM": "0"},
+    "hidden_only": {**_ON, "USE_ATTENTION_TERM": "0"},
+}
+# Students other than STUDENT_MODEL, made once per run dir: name -> python -m metakd.make_student arguments.
+STUDENTS = {"teacher_layers": ("--teacher", "$TEACHER_MODEL", "--num-layers", "3")}
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class Method:
     teacher: Optional[str] = None
     stage1: Optional[str] = None
     label: str = ""
+    student: Optional[str] = None  # a STUDENTS entry instead of STUDENT_MODEL
+    overrides: Tuple[Tuple[str, str], ...] = ()  # variables of the last step (stage 2 or the student alone)
 
 
 METHODS = {m.name: m for m in [
@@ -97,6 +109,16 @@ METHODS = {m.name: m for m in [
            label="Meta-KD, teacher without domain loss"),
     Method("metakd_no_stage1", "kd", "meta", None, label="Meta-KD, no stage 1"),
     Method("metakd_easynlp", "kd", "meta_easynlp", "metakd", label="Meta-KD, COMPAT=easynlp"),
+    # Making the transfer work (each alone; their dev accuracy picks the recipe)
+    Method("metakd_hidden_only", "kd", "meta", "hidden_only", label="Meta-KD, stage 1 without the attention term"),
+    Method("metakd_hard", "kd", "meta", "metakd", label="Meta-KD, stage 2 0.5 CE(y) + 0.5 T^2 soft",
+           overrides=(("ALPHA", "0.5"), ("T_SQUARED", "1"))),
+    Method("metakd_lr1e-4", "kd", "meta", "metakd", label="Meta-KD, stage 2 lr 1e-4", overrides=(("STAGE2_LR", "1e-4"),)),
+    Method("student_alone_lr1e-4", "alone", label="student alone, lr 1e-4", overrides=(("STAGE2_LR", "1e-4"),)),
+    Method("metakd_teacher_layers", "kd", "meta", "metakd", student="teacher_layers",
+           label="Meta-KD, student = 3 of the pretrained teacher's layers"),
+    Method("student_alone_teacher_layers", "alone", student="teacher_layers",
+           label="student alone, = 3 of the pretrained teacher's layers"),
 ]}
 
 
@@ -144,8 +166,11 @@ class Layout:
             return self.seed(seed) / genre / "single_teacher"
         return self.seed(seed) / ("meta_teacher" if t.name == "meta" else f"{t.name}_teacher")
 
-    def stage1(self, teacher: str, variant: str, genre: str, seed: int) -> Path:
-        return self.seed(seed) / genre / f"stage1_{teacher}_{variant}"
+    def stage1(self, teacher: str, variant: str, genre: str, seed: int, student: Optional[str] = None) -> Path:
+        return self.seed(seed) / genre / (f"stage1_{teacher}_{variant}" + (f"_{student}" if student else ""))
+
+    def student(self, name: str) -> Path:
+        return self.run / "students" / name
 
     def final(self, m: Method, genre: str, seed: int) -> Path:
         return self.seed(seed) / genre / m.name
@@ -156,13 +181,20 @@ class Layout:
 
 @dataclass
 class Step:
-    """One numbered script run that produces ``out`` (done when ``out/results.json`` exists)."""
+    """One numbered script run (or ``python -m <module>`` when ``module`` is set) that produces
+    ``out``; done when ``out/<done_file>`` exists."""
 
     script: str
     out: Path
     env: Dict[str, str]
     done_file: str = "results.json"
     key: str = ""  # its name in walls.tsv, when the folder is not enough (the two data steps)
+    module: str = ""
+    args: Tuple[str, ...] = ()
+
+    @property
+    def command(self) -> str:
+        return f"python -m {self.module} {' '.join(self.args)}" if self.module else f"bash {self.script}"
 
     @property
     def done(self) -> bool:
@@ -174,6 +206,11 @@ def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
     base = {"DATA_DIR": str(lay.data), "GENRE": genre, "SEED": str(seed), "OUT_DIR": str(lay.seed(seed))}
     steps: List[Step] = []
     compat = "none"
+    if m.student is not None:
+        sdir = lay.student(m.student)
+        steps.append(Step("", sdir, {}, done_file="model.safetensors", module="metakd.make_student",
+                          args=("--out", str(sdir), *STUDENTS[m.student])))
+        base["STUDENT_MODEL"] = str(sdir)
     if m.teacher is not None:
         t = TEACHERS[m.teacher]
         compat = t.compat
@@ -181,23 +218,21 @@ def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
         steps.append(Step("3_train_teacher.sh", tdir, {
             **base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "TEACHER_GENRE": genre if t.single else "all",
             "USE_SAMPLE_WEIGHTS": str(int(t.sample_weights)), "USE_DOMAIN_LOSS": str(int(t.domain_loss))}))
+    last = dict(m.overrides)
     if m.kind == "alone":
-        steps.append(Step("5_student_second.sh", lay.final(m, genre, seed),
-                          {**base, "COMPAT": compat, "STUDENT_ALONE": "1", "STUDENT_DIR": str(lay.final(m, genre, seed))}))
+        steps.append(Step("5_student_second.sh", lay.final(m, genre, seed), {
+            **base, "COMPAT": compat, "STUDENT_ALONE": "1", "STUDENT_DIR": str(lay.final(m, genre, seed)), **last}))
     elif m.kind == "kd":
         tdir = steps[-1].out
         second = {**base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "STUDENT_DIR": str(lay.final(m, genre, seed))}
         if m.stage1 is None:
             second["SKIP_STAGE1"] = "1"
         else:
-            proto, expertise, domain = STAGE1[m.stage1]
-            s1 = lay.stage1(m.teacher, m.stage1, genre, seed)
+            s1 = lay.stage1(m.teacher, m.stage1, genre, seed, m.student)
             steps.append(Step("4_student_first.sh", s1, {
-                **base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "STAGE1_DIR": str(s1),
-                "USE_PROTOTYPE_WEIGHTS": str(int(proto)), "USE_EXPERTISE_WEIGHTS": str(int(expertise)),
-                "USE_DOMAIN_TERM": str(int(domain))}))
+                **base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "STAGE1_DIR": str(s1), **STAGE1[m.stage1]}))
             second["STAGE1_DIR"] = str(s1)
-        steps.append(Step("5_student_second.sh", lay.final(m, genre, seed), second))
+        steps.append(Step("5_student_second.sh", lay.final(m, genre, seed), {**second, **last}))
     return steps
 
 
@@ -246,16 +281,19 @@ class Runner:
         if step.done:
             return
         if self.dry_run:
-            print(f"would run: {' '.join(f'{k}={v}' for k, v in step.env.items())} bash {step.script}   # {what}")
+            print(f"would run: {' '.join(f'{k}={v}' for k, v in step.env.items())} {step.command}   # {what}")
             return
         self.lay.logs.mkdir(parents=True, exist_ok=True)
         log = self.lay.logs / (str(step.out.relative_to(self.lay.run)).replace("/", "__") + ".log")
-        print(f"[{time.strftime('%H:%M:%S')}] {what}: bash {step.script} -> {step.out} (log {log})", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {what}: {step.command} -> {step.out} (log {log})", flush=True)
         t0 = time.perf_counter()
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} {json.dumps(step.env)}\n")
             f.flush()
-            self.child = subprocess.Popen(["bash", str(ROOT / step.script)], env={**self.env, **step.env},
+            args = [self.env.get(x[1:], x) if x.startswith("$") else x for x in step.args]  # $NAME: the setting
+            argv = ([self.env["METAKD_PYTHON"], "-m", step.module, *args] if step.module
+                    else ["bash", str(ROOT / step.script)])
+            self.child = subprocess.Popen(argv, env={**self.env, **step.env, "PYTHONPATH": str(ROOT)},
                                           stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 rc = self.child.wait()
@@ -269,7 +307,7 @@ class Runner:
         if rc != 0 or not step.done:
             tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
             print(tail, file=sys.stderr)
-            raise UserError(f"{step.script} failed (exit {rc}) for {what}; its output is in {log} (last lines above); "
+            raise UserError(f"{step.command} failed (exit {rc}) for {what}; its output is in {log} (last lines above); "
                             "fix the cause and rerun to continue", step.out)
         print(f"[{time.strftime('%H:%M:%S')}] {what}: done in {wall:.1f} s", flush=True)
 
@@ -338,8 +376,9 @@ def collect(lay: Layout, proc) -> Tuple["pd.DataFrame", Dict[Tuple[str, str, int
                 ev = json.loads(path.read_text(encoding="utf-8"))
                 evals[(name, genre, seed)] = ev
                 chain = model_chain(METHODS[name], genre, seed, lay)
-                results = [json.loads((s.out / "results.json").read_text(encoding="utf-8")) for s in chain]
-                kinds = [s.script for s in chain]
+                trained = [s for s in chain if s.done_file == "results.json"]
+                results = [json.loads((s.out / "results.json").read_text(encoding="utf-8")) for s in trained]
+                kinds = [s.script for s in trained]
                 teacher_epochs = [r["epochs"] for r, k in zip(results, kinds) if k.startswith("3_")]
                 student_epochs = sum(r["epochs"] for r, k in zip(results, kinds) if not k.startswith("3_"))
                 wall = sum(walls.get(str(s.out.relative_to(lay.run)), float("nan")) for s in chain)

@@ -46,8 +46,14 @@ def build_parser():
                    help="weight 1 instead of the teacher's domain expertise 1/(1+exp((1-p_y)^2))")
     g.add_argument("--no-domain-term", dest="domain_term", action="store_false",
                    help="drop the domain-representation MSE")
+    g.add_argument("--no-attention-term", dest="attention_term", action="store_false",
+                   help="drop the attention-score MSE (hidden states, and the domain term, only)")
     g.add_argument("--plain-kd", action="store_true",
                    help="all three off: plain two-stage KD (TinyBERT-KD) with every example weighted 1")
+    g2 = p.add_argument_group("stage second: the KD recipe (the paper's: soft labels only, no T^2)")
+    g2.add_argument("--alpha", type=float, default=0.0,
+                    help="weight of the hard-label cross-entropy: alpha * CE(y) + (1 - alpha) * soft term")
+    g2.add_argument("--t-squared", action="store_true", help="multiply the soft term by T^2 (Hinton et al.)")
     p.add_argument("--teacher-cache-gb", type=float, default=4.0,
                    help="stage first: memory budget (GiB) for the frozen teacher's targets, computed once and reused "
                         "every epoch; larger caches go to a temporary file beside --out, or are recomputed each step "
@@ -118,7 +124,7 @@ def main(argv=None) -> int:
         a.prototype_weights = a.expertise_weights = a.domain_term = False
     from metakd.checkpoint import check_model_folder, read_config, read_metakd_info, save_checkpoint
     from metakd.evaluation import evaluate
-    from metakd.losses import Stage1Inputs, attention_pairs, hidden_pairs, soft_cross_entropy, stage1_loss, stage1_weights
+    from metakd.losses import Stage1Inputs, attention_pairs, distillation_loss, hidden_pairs, stage1_loss, stage1_weights
     from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
     from metakd.runtime import flow, resolve_device, seed_everything
     from metakd.trainer import Trainer, claim_output
@@ -129,6 +135,8 @@ def main(argv=None) -> int:
     targs.validate()
     if not a.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {a.temperature}")
+    if not 0.0 <= a.alpha <= 1.0:
+        raise UserError(f"--alpha must be in [0, 1], got {a.alpha}")
     compat = a.compat
     device = resolve_device(a.device)
 
@@ -223,7 +231,8 @@ def main(argv=None) -> int:
         def step_loss(batch, step):
             ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
             s = student(ids, mask, types, compat=compat, output_hidden_states=True,
-                        output_attentions=not use_scores, output_attention_scores=use_scores)
+                        output_attentions=a.attention_term and not use_scores,
+                        output_attention_scores=a.attention_term and use_scores)
             with flow.no_grad():
                 if cache is not None:
                     t_att, t_hid, t_dom, t_logits = cache.batch(batch["row_index"].numpy(), ids.shape[1], device)
@@ -233,7 +242,8 @@ def main(argv=None) -> int:
                                          a.expertise_weights)
             s_att = s.backbone.attention_scores if use_scores else s.backbone.attentions
             x = Stage1Inputs(
-                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=t_att,
+                student_attn=[s_att[j] for j, _ in att_pairs] if a.attention_term else [],
+                teacher_attn=list(t_att) if a.attention_term else [],
                 student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs],
                 teacher_hidden=t_hid,
                 student_domain=student.fit(student.domain_representation(s.content, doms)) if a.domain_term else None,
@@ -265,7 +275,7 @@ def main(argv=None) -> int:
                 with flow.no_grad():
                     t_logits = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat,
                                         logits_only=True).logits
-            return soft_cross_entropy(s.logits, t_logits, a.temperature), {}
+            return distillation_loss(s.logits, t_logits, batch["labels"], a.temperature, a.alpha, a.t_squared), {}
 
         evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)
 
@@ -278,7 +288,9 @@ def main(argv=None) -> int:
                     source_model=str(a.student), temperature=a.temperature if a.stage == "second" else None)
         if a.stage == "first":
             info.update(prototype_weights=a.prototype_weights, expertise_weights=a.expertise_weights,
-                        domain_term=a.domain_term)
+                        domain_term=a.domain_term, attention_term=a.attention_term)
+        else:
+            info.update(alpha=a.alpha, t_squared=a.t_squared)
         save_checkpoint(folder, student, student.config, info, vocab_from=a.student)
         if stage1_logits is not None:
             save_teacher_logits(folder, stage1_logits, logits_key)
@@ -289,8 +301,12 @@ def main(argv=None) -> int:
                       fingerprint={"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir),
                                    "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,
                                    "lambda": a.domain_loss_weight,
-                                   **({"ingredients": [a.prototype_weights, a.expertise_weights, a.domain_term]}
-                                      if a.stage == "first" and not (a.prototype_weights and a.expertise_weights and a.domain_term) else {})})
+                                   **({"ingredients": [a.prototype_weights, a.expertise_weights, a.domain_term,
+                                                       a.attention_term]}
+                                      if a.stage == "first" and not (a.prototype_weights and a.expertise_weights
+                                                                     and a.domain_term and a.attention_term) else {}),
+                                   **({"recipe": [a.alpha, a.t_squared]}
+                                      if a.stage == "second" and (a.alpha or a.t_squared) else {})})
     try:
         results = trainer.fit()
     finally:

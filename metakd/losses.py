@@ -205,12 +205,15 @@ def stage1_loss(x: Stage1Inputs, domain_loss_weight: float = 0.5, compat: str = 
 
     Default: ``mean_i w_i * (att_i + rep_i + lambda * dom_i)`` with per-example terms.
     ``easynlp``: ``(att + rep + lambda * dom) * mean_i w_i`` with batch-mean terms.
-    Without a domain representation (``student_domain=None``) the ``dom`` term is absent.
+    Without a domain representation (``student_domain=None``) the ``dom`` term is absent, and
+    without attention pairs (empty lists) the ``att`` term.
     """
-    att = sum(attention_mse(s, t, x.attention_mask, compat) for s, t in zip(x.student_attn, x.teacher_attn))
     rep = sum(hidden_mse(s, t, x.attention_mask, compat) for s, t in zip(x.student_hidden, x.teacher_hidden))
-    terms = att + rep
-    parts = {"att": att, "rep": rep}
+    terms, parts = rep, {"rep": rep}
+    if x.student_attn:  # empty: no attention term (hidden states only)
+        att = sum(attention_mse(s, t, x.attention_mask, compat) for s, t in zip(x.student_attn, x.teacher_attn))
+        terms = att + terms
+        parts = {"att": att, **parts}
     if x.student_domain is not None:
         dom = domain_mse(x.student_domain, x.teacher_domain, compat)
         terms = terms + domain_loss_weight * dom
@@ -218,6 +221,24 @@ def stage1_loss(x: Stage1Inputs, domain_loss_weight: float = 0.5, compat: str = 
     if compat == "easynlp":
         return terms * x.weights.mean(), parts
     return (x.weights * terms).mean(), {k: v.mean() for k, v in parts.items()}
+
+
+def distillation_loss(student_logits: flow.Tensor, teacher_logits: flow.Tensor, labels: flow.Tensor,
+                      temperature: float = 2.0, alpha: float = 0.0, t_squared: bool = False) -> flow.Tensor:
+    """Stage-2 loss with the common KD recipe's two knobs: [B,K], [B,K], [B] -> scalar
+
+        alpha * mean_i CE(z_S, y)_i + (1 - alpha) * s * soft_cross_entropy(z_S, z_T, T),  s = T^2 or 1.
+
+    ``alpha=0, t_squared=False`` is the paper's stage 2 (soft labels only). The soft cross-entropy
+    differs from KL(p_T || p_S) only by the teacher's entropy, a constant: the gradients are KL's.
+    T^2 keeps the soft term's gradient scale independent of T (Hinton et al., 2015).
+    """
+    soft = soft_cross_entropy(student_logits, teacher_logits, temperature)
+    if t_squared:
+        soft = soft * (temperature ** 2)
+    if alpha == 0:
+        return soft
+    return alpha * cross_entropy_per_example(student_logits, labels).mean() + (1.0 - alpha) * soft
 
 
 def soft_cross_entropy(student_logits: flow.Tensor, teacher_logits: flow.Tensor, temperature: float = 2.0) -> flow.Tensor:

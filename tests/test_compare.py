@@ -102,8 +102,17 @@ def test_chains_share_teachers_and_stage1(tmp_path):
     assert env["metakd_teacher_no_domain_loss"]["USE_DOMAIN_LOSS"] == "0"
     assert env["metakd_teacher_no_domain_loss"]["USE_SAMPLE_WEIGHTS"] == "1"
     assert env["metakd_easynlp"]["COMPAT"] == "easynlp" and env["metakd"]["COMPAT"] == "none"
-    # every per-cell variable the runner sets is one the environment may not set
-    assert {k for e in env.values() for k in e} <= set(compare.PER_CELL)
+    # every variable the runner sets is a per-cell one (which the environment may not set) or a
+    # setting that a method overrides
+    assert {k for e in env.values() for k in e} <= set(compare.PER_CELL) | {"STUDENT_MODEL", "STAGE2_LR"}
+    assert env["metakd_hard"]["ALPHA"] == "0.5" and env["metakd_hard"]["T_SQUARED"] == "1"
+    assert env["metakd_hidden_only"]["USE_ATTENTION_TERM"] == "0" and env["metakd"]["USE_ATTENTION_TERM"] == "1"
+    assert env["student_alone_lr1e-4"]["STAGE2_LR"] == "1e-4" and "STAGE2_LR" not in env["student_alone"]
+    made = tmp_path / "students" / "teacher_layers"
+    assert outs["metakd_teacher_layers"][0] == outs["student_alone_teacher_layers"][0] == made
+    assert chain["metakd_teacher_layers"][0].module == "metakd.make_student"
+    assert env["metakd_teacher_layers"]["STUDENT_MODEL"] == str(made) == env["student_alone_teacher_layers"]["STUDENT_MODEL"]
+    assert outs["metakd_teacher_layers"][2] != outs["metakd"][1]  # its own stage-1 student
 
 
 # ------------------------------------------------------------------ errors
