@@ -17,7 +17,7 @@ from conftest import ROOT, SORTED_DATA, needs_data
 
 SCRIPTS = ["1_get_data.sh", "2_process_data.sh", "3_train_teacher.sh", "4_student_first.sh",
            "5_student_second.sh", "6_eval.sh"]
-MODULES = ["get_data", "process_data", "train_teacher", "distill", "evaluate"]
+MODULES = ["get_data", "process_data", "train_teacher", "distill", "evaluate", "compare", "make_student"]
 
 
 def script_env(tmp_path, **extra):
@@ -85,7 +85,7 @@ def test_eval_all_genres_reuses_outputs(quickstart, tmp_path):
     assert "books" in table["results"] and "student" in table["results"]["books"], p.stdout
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + ["compare.sh"])
 def test_script_help(script, tmp_path):
     p = run(["bash", script, "--help"], script_env(tmp_path), timeout=60)
     assert "Variables" in p.stdout and "=" in p.stdout
