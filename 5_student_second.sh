@@ -40,7 +40,7 @@ if [ "$STUDENT_ALONE" = 1 ]; then
   # The same fine-tuning as the teachers', on the student and GENRE's rows only: no teacher is loaded.
   DISTRIBUTED=1 run_metakd train_teacher --genre "$GENRE" --data-dir "$DATA_DIR" --model "$STUDENT_MODEL" \
     --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/student_alone}" --no-sample-weights --no-domain-loss \
-    --epochs "$((STAGE1_EPOCHS + STAGE2_EPOCHS))" --lr "$STAGE2_LR" --batch-size "$BATCH_SIZE" \
+    --epochs "$((10#$STAGE1_EPOCHS + 10#$STAGE2_EPOCHS))" --lr "$STAGE2_LR" --batch-size "$BATCH_SIZE" \
     --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
     --device "$DEVICE" --compat "$COMPAT" "${flags[@]}"
   exit

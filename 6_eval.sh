@@ -7,11 +7,13 @@ GENRE="${GENRE:-books}"                   # a genre, or all
 DATA_DIR="${DATA_DIR:-data/SENTI}"
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"  # the teacher shown for reference
+NO_TEACHER="${NO_TEACHER:-0}"             # 1: the student only (e.g. the student alone, with no teacher trained)
 STUDENT_DIR="${STUDENT_DIR:-}"            # one genre: evaluate this folder instead of GENRE/meta_student_finetune
 SPLIT="${SPLIT:-test}"                    # test | dev
 DEVICE="${DEVICE:-auto}"
 
 flags=()
 [ -n "$STUDENT_DIR" ] && flags+=(--student "$STUDENT_DIR")
+[ "$NO_TEACHER" = 1 ] && flags+=(--no-teacher)
 run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE" \
   --teacher "$TEACHER_DIR" "${flags[@]}"

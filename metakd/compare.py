@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent  # the numbered scripts
 # The environment variables the scripts read that change what a cell computes; recorded per run dir.
 SETTINGS = ["SOURCE", "SYNTHETIC_SIZE", "TEACHER_MODEL", "STUDENT_MODEL", "TEACHER_EPOCHS", "TEACHER_LR",
             "STAGE1_EPOCHS", "STAGE1_LR", "STAGE2_EPOCHS", "STAGE2_LR", "TEMPERATURE", "DOMAIN_LOSS_WEIGHT",
-            "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "NPROC", "NNODES"]
+            "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "NPROC", "NNODES", "METAKD_CPU_MATMUL",
+            "METAKD_NATIVE_LAYERNORM"]
+SCRIPT_DEFAULTS = {"TEACHER_MODEL": "models/bert-base-uncased"}  # as in the scripts, relative to ROOT
 # Set by the runner per cell: the environment must not set them (they would be silently overridden).
 PER_CELL = ["DATA_DIR", "OUT_DIR", "GENRE", "SEED", "COMPAT", "TEACHER_DIR", "TEACHER_GENRE", "USE_SAMPLE_WEIGHTS",
             "USE_DOMAIN_LOSS", "STAGE1_DIR", "STUDENT_DIR", "PLAIN_KD", "USE_PROTOTYPE_WEIGHTS",
@@ -158,6 +160,10 @@ class Layout:
         self.walls = run_dir / "walls.tsv"
         self.logs = run_dir / "logs"
 
+    def data_for(self, compat: str) -> Path:
+        """Prototype scores depend on the numerics (EasyNLP's content vector averages padding)."""
+        return self.data if compat == "none" else self.run / f"data_{compat}"
+
     def seed(self, seed: int) -> Path:
         return self.run / f"seed{seed}"
 
@@ -201,11 +207,20 @@ class Step:
         return (self.out / self.done_file).exists()
 
 
+def data_steps(lay: Layout, compat: str = "none") -> List[Step]:
+    """1_get_data.sh and 2_process_data.sh into the data folder of these numerics."""
+    data = lay.data_for(compat)
+    env = {"DATA_DIR": str(data), "COMPAT": compat}
+    tag = "" if compat == "none" else f"_{compat}"
+    return [Step("1_get_data.sh", data, env, done_file="test.tsv", key=f"data{tag}/1_get_data"),
+            Step("2_process_data.sh", data, env, done_file=cli.TEST_FILE, key=f"data{tag}/2_process_data")]
+
+
 def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
     """The steps a cell needs, in order (shared ones are the same Step paths in every cell)."""
-    base = {"DATA_DIR": str(lay.data), "GENRE": genre, "SEED": str(seed), "OUT_DIR": str(lay.seed(seed))}
-    steps: List[Step] = []
-    compat = "none"
+    compat = TEACHERS[m.teacher].compat if m.teacher is not None else "none"
+    steps: List[Step] = [] if compat == "none" else data_steps(lay, compat)
+    base = {"DATA_DIR": str(lay.data_for(compat)), "GENRE": genre, "SEED": str(seed), "OUT_DIR": str(lay.seed(seed))}
     if m.student is not None:
         sdir = lay.student(m.student)
         steps.append(Step("", sdir, {}, done_file="model.safetensors", module="metakd.make_student",
@@ -213,7 +228,6 @@ def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
         base["STUDENT_MODEL"] = str(sdir)
     if m.teacher is not None:
         t = TEACHERS[m.teacher]
-        compat = t.compat
         tdir = lay.teacher(t, genre, seed)
         steps.append(Step("3_train_teacher.sh", tdir, {
             **base, "COMPAT": compat, "TEACHER_DIR": str(tdir), "TEACHER_GENRE": genre if t.single else "all",
@@ -240,6 +254,18 @@ def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
 # Running
 # ---------------------------------------------------------------------------------------------
 
+def code_commit() -> str:
+    """The commit of the code that runs (with '+changes' when the checkout is not clean), or ''."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+changes" if head and dirty else "")
+
+
 def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
     """The result-changing variables of this run dir; a rerun with other values is refused."""
     settings = {k: env[k] for k in SETTINGS if k in env}
@@ -252,10 +278,16 @@ def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
             raise UserError(f"this run dir was made with other settings ({', '.join(diff)} differ: "
                             f"{[(k, saved.get('settings', {}).get(k), settings.get(k)) for k in diff]}); rerun with the "
                             "recorded ones (config.json) or choose another --run-dir", lay.run)
+        commit = code_commit()
+        if commit and commit not in saved.get("commits", []):
+            print(f"note: this run dir has cells from commits {', '.join(saved.get('commits', []))}; now {commit}")
+            saved["commits"] = saved.get("commits", []) + [commit]
+            from metakd.fileio import write_json
+            write_json(path, saved)
         return saved
     from metakd.fileio import write_json
 
-    cfg = {"settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    cfg = {"settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "commits": [c for c in [code_commit()] if c]}
     lay.run.mkdir(parents=True, exist_ok=True)
     write_json(path, cfg)
     return cfg
@@ -290,10 +322,10 @@ class Runner:
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} {json.dumps(step.env)}\n")
             f.flush()
-            args = [self.env.get(x[1:], x) if x.startswith("$") else x for x in step.args]  # $NAME: the setting
+            args = [self.env.get(x[1:], SCRIPT_DEFAULTS[x[1:]]) if x.startswith("$") else x for x in step.args]
             argv = ([self.env["METAKD_PYTHON"], "-m", step.module, *args] if step.module
                     else ["bash", str(ROOT / step.script)])
-            self.child = subprocess.Popen(argv, env={**self.env, **step.env, "PYTHONPATH": str(ROOT)},
+            self.child = subprocess.Popen(argv, env={**self.env, **step.env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                                           stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 rc = self.child.wait()
@@ -316,10 +348,8 @@ class Runner:
             f.write(f"{step.key or step.out.relative_to(self.lay.run)}\t{seconds:.1f}\n")
 
     def prepare_data(self) -> None:
-        data_env = {"DATA_DIR": str(self.lay.data)}
-        self.run(Step("1_get_data.sh", self.lay.data, data_env, done_file="test.tsv", key="data/1_get_data"), "data")
-        self.run(Step("2_process_data.sh", self.lay.data, data_env, done_file=cli.TEST_FILE, key="data/2_process_data"),
-                 "prototype scores")
+        for step, what in zip(data_steps(self.lay), ("data", "prototype scores")):
+            self.run(step, what)
 
 
 def evaluate_cell(folder: Path, genre: str, data_dir: Path, proc, device) -> dict:
@@ -340,6 +370,10 @@ def evaluate_cell(folder: Path, genre: str, data_dir: Path, proc, device) -> dic
         if split == "test":
             out["test_labels"] = [int(v) for v in enc.labels]
             out["test_predictions"] = [int(v) for v in logits.argmax(axis=1)]
+    del model  # the next cell trains in another process, on the same device
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        from metakd.runtime import flow
+        flow.cuda.empty_cache()
     return out
 
 
@@ -416,39 +450,49 @@ def paired_difference(evals: Dict[Tuple[str, str, int], dict], a: str, b: str, n
                       rng_seed: int = 0) -> Optional[dict]:
     """Accuracy of ``a`` minus ``b`` on the pooled test reviews of every (genre, seed) both have.
 
-    Per review: the difference of correctness averaged over the shared seeds of its genre; the
-    estimate is the mean over all pooled reviews, and the interval the 2.5/97.5 percentiles of that
-    mean over ``n_boot`` resamples of the reviews (with replacement, within each genre).
+    ``d`` = correct_a - correct_b per review and seed. The estimate: the mean over the pooled
+    reviews (so genres weigh by their number of test reviews, about equal here) of each review's
+    ``d`` averaged over the seeds its genre shares. The interval: the 2.5/97.5 percentiles of that
+    statistic over ``n_boot`` two-level resamples, within each genre the seeds with replacement and
+    then the reviews with replacement, so that it holds the training (seed) variation as well as
+    the test sample's. ``per_seed``: the pooled difference of each seed that every genre shares.
     """
-    per_genre = []
-    seeds_used, genres_used = set(), []
+    mats, genres_used = [], []
+    seeds_by_genre: Dict[str, List[int]] = {}
     for genre in sorted({g for (_, g, _) in evals}):
         seeds = sorted(s for (m, g, s) in evals if m == a and g == genre and (b, genre, s) in evals)
         if not seeds:
             continue
-        d = []
+        rows = []
         for s in seeds:
             ea, eb = evals[(a, genre, s)], evals[(b, genre, s)]
             y = np.asarray(ea["test_labels"])
             if list(y) != list(eb["test_labels"]):
                 raise UserError(f"{a} and {b} were evaluated on different test rows for {genre}, seed {s}")
-            d.append((np.asarray(ea["test_predictions"]) == y).astype(float) - (np.asarray(eb["test_predictions"]) == y))
-        per_genre.append(np.mean(d, axis=0))
-        seeds_used.update(seeds)
+            rows.append((np.asarray(ea["test_predictions"]) == y).astype(float) - (np.asarray(eb["test_predictions"]) == y))
+        mats.append(np.stack(rows))  # [seeds, reviews]
         genres_used.append(genre)
-    if not per_genre:
+        seeds_by_genre[genre] = seeds
+    if not mats:
         return None
-    pooled = np.concatenate(per_genre)
+    n_total = sum(m.shape[1] for m in mats)
+    estimate = sum(m.mean(axis=0).sum() for m in mats) / n_total
     rng = np.random.default_rng(rng_seed)
     boots = np.zeros(n_boot)
-    n_total = len(pooled)
-    for g in per_genre:  # stratified: each genre resampled within itself
-        idx = rng.integers(0, len(g), size=(n_boot, len(g)))
-        boots += g[idx].sum(axis=1)
+    for m in mats:
+        n_seeds, n_rev = m.shape
+        for lo in range(0, n_boot, 1000):  # in blocks: [block, seeds, reviews] stays small
+            k = min(1000, n_boot - lo)
+            per_review = m[rng.integers(0, n_seeds, size=(k, n_seeds))].mean(axis=1)  # [k, reviews]
+            boots[lo:lo + k] += np.take_along_axis(per_review, rng.integers(0, n_rev, size=(k, n_rev)), axis=1).sum(axis=1)
     boots /= n_total
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"a": a, "b": b, "difference": float(pooled.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "n_reviews": int(n_total), "genres": genres_used, "seeds": sorted(seeds_used)}
+    ci_low, ci_high = np.percentile(boots, [2.5, 97.5])
+    common = sorted(set.intersection(*(set(v) for v in seeds_by_genre.values())))
+    per_seed = {int(s): float(sum(m[seeds_by_genre[g].index(s)].sum() for g, m in zip(genres_used, mats)) / n_total)
+                for s in common}
+    return {"a": a, "b": b, "difference": float(estimate), "ci_low": float(ci_low), "ci_high": float(ci_high),
+            "n_reviews": int(n_total), "genres": genres_used, "seeds": sorted({s for v in seeds_by_genre.values() for s in v}),
+            "seeds_by_genre": seeds_by_genre, "per_seed": per_seed}
 
 
 def fmt(cell) -> str:
@@ -481,13 +525,15 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
     diffs = [paired_difference(evals, reference, m, n_boot) for m in df.method.unique() if m != reference]
     diffs = [d for d in diffs if d is not None]
     if diffs:
-        lines += ["", f"Paired difference on the pooled test reviews: {reference} minus each method, accuracy points "
-                      "(95% bootstrap interval over reviews, resampled within each genre; each review's difference "
-                      "averaged over the seeds both have):", "",
-                  "| method | difference | 95% interval | reviews | genres | seeds |", "|---|---|---|---|---|---|"]
+        lines += ["", f"Paired difference on the pooled test reviews: {reference} minus each method, accuracy points. "
+                      "95% interval: a two-level bootstrap (within each genre the seeds, then the reviews, with "
+                      "replacement; each review's difference averaged over the seeds both methods have). Per seed: "
+                      "the pooled difference of each seed that every genre has.", "",
+                  "| method | difference | 95% interval | per seed | reviews | genres |", "|---|---|---|---|---|---|"]
         for d in diffs:
+            per_seed = ", ".join(f"{s}: {100 * v:+.2f}" for s, v in d["per_seed"].items())
             lines.append(f"| {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
-                         f"| {d['n_reviews']} | {len(d['genres'])} | {','.join(map(str, d['seeds']))} |")
+                         f"| {per_seed} | {d['n_reviews']} | {len(d['genres'])} |")
     with atomic_open(lay.run / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     from metakd.fileio import write_json
@@ -591,10 +637,10 @@ def _interrupt(signum, frame):
 
 
 def _own_signals() -> None:
-    """Ctrl-C and SIGTERM stop the runner and its training cleanly. OneFlow, once it runs in this
+    """Ctrl-C, SIGTERM and SIGHUP stop the runner and its training cleanly. OneFlow, once it runs in this
     process (the evaluations), installs handlers that end the process at once: put ours back."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
+        signal.signal(sig, _interrupt)
 
 
 @cli_main
@@ -652,7 +698,7 @@ def main(argv=None) -> int:
             device = device or resolve_device(env.get("DEVICE", "auto"))
             _own_signals()
             t0 = time.perf_counter()
-            ev = evaluate_cell(chain[-1].out, genre, lay.data, proc, device)
+            ev = evaluate_cell(chain[-1].out, genre, Path(chain[-1].env["DATA_DIR"]), proc, device)
             _own_signals()
             ev.update(method=m.name, genre=genre, seed=seed, eval_seconds=round(time.perf_counter() - t0, 2))
             write_json(ev_path, ev)

@@ -152,6 +152,27 @@ def test_plain_kd_has_no_domain_term_and_records_its_ingredients(tmp_path):
     assert (info["prototype_weights"], info["expertise_weights"], info["domain_term"]) == (False, False, False)
 
 
+def _step1_parts(stdout):
+    """The first log line's numbers: loss, att, rep (and domain) of step 1."""
+    words = [ln for ln in stdout.splitlines() if "step 1/" in ln][0].split("|")[0].split()
+    return {k: float(v) for k, v in zip(words, words[1:]) if k in ("loss", "att", "rep", "domain")}
+
+
+@pytest.mark.parametrize("flags,expect", [
+    (["--plain-kd"], lambda p: p["att"] + p["rep"]),  # every weight exactly 1, no domain term
+    (["--no-prototype-weights", "--no-expertise-weights"], lambda p: p["att"] + p["rep"] + 0.5 * p["domain"]),
+])
+def test_switched_off_weights_reach_the_loss(tmp_path, flags, expect):
+    """With unit weights the step's loss is the plain sum of the per-example terms' means; the
+    default weights ((1 + prototype) x expertise, at most 1 x 0.5 here) give another value."""
+    _, stdout = _distill(tmp_path, "first", tiny().student, *flags)
+    parts = _step1_parts(stdout)
+    assert parts["loss"] == pytest.approx(expect(parts), abs=2e-4)  # the log prints 4 decimals
+    _, stdout = _distill(tmp_path / "default", "first", tiny().student)
+    default = _step1_parts(stdout)
+    assert default["loss"] < 0.9 * (default["att"] + default["rep"] + 0.5 * default["domain"])
+
+
 def test_metakd_stage1_keeps_its_ingredients(tmp_path):
     out, stdout = _distill(tmp_path, "first", tiny().student)
     assert " domain " in [ln for ln in stdout.splitlines() if "step 1/" in ln][0]

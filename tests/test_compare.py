@@ -41,9 +41,24 @@ def test_paired_difference_by_hand():
     dvd = np.array([1.0, 1.0, 0.0])  # seed 1 only: a [1,1,1], b [0,0,1]
     assert d["difference"] == pytest.approx(np.concatenate([books, dvd]).mean())
     assert d["n_reviews"] == 7 and d["genres"] == ["books", "dvd"] and d["seeds"] == [1, 2]
+    assert d["seeds_by_genre"] == {"books": [1, 2], "dvd": [1]}
+    # per seed: only seed 1 is in both genres; its pooled difference: books [0,1,0,0] and dvd [1,1,0]
+    assert d["per_seed"] == {1: pytest.approx(3 / 7)}
     assert d["ci_low"] <= d["difference"] <= d["ci_high"]
     # The interval's bounds are means of 7 reviews' resampled values: multiples of 0.5/7.
     assert (d["ci_low"] * 14) == pytest.approx(round(d["ci_low"] * 14))
+
+
+def test_paired_difference_interval_holds_the_seed_variation():
+    """Seed 1: a right and b wrong on every review; seed 2 the other way round. Every review's mean
+    difference is 0, so resampling reviews alone would give [0, 0]; resampling seeds gives a
+    replicate with both seeds 1 (+1), both 2 (-1) or one of each (0)."""
+    y = [0, 1] * 50
+    wrong = [1 - v for v in y]
+    evals = {("a", "g", 1): _ev(y, y), ("b", "g", 1): _ev(y, wrong), ("a", "g", 2): _ev(y, wrong), ("b", "g", 2): _ev(y, y)}
+    d = paired_difference(evals, "a", "b", n_boot=4000)
+    assert d["difference"] == 0.0 and d["per_seed"] == {1: 1.0, 2: -1.0}
+    assert (d["ci_low"], d["ci_high"]) == (-1.0, 1.0)  # each happens in a quarter of the resamples
 
 
 def test_paired_difference_of_identical_predictions_is_exactly_zero():
@@ -102,6 +117,12 @@ def test_chains_share_teachers_and_stage1(tmp_path):
     assert env["metakd_teacher_no_domain_loss"]["USE_DOMAIN_LOSS"] == "0"
     assert env["metakd_teacher_no_domain_loss"]["USE_SAMPLE_WEIGHTS"] == "1"
     assert env["metakd_easynlp"]["COMPAT"] == "easynlp" and env["metakd"]["COMPAT"] == "none"
+    # EasyNLP's numerics give other prototype scores: its own data folder, prepared with COMPAT=easynlp
+    easy = chain["metakd_easynlp"]
+    assert [s.script for s in easy[:2]] == ["1_get_data.sh", "2_process_data.sh"]
+    assert all(s.env["DATA_DIR"] == str(tmp_path / "data_easynlp") for s in easy)
+    assert easy[1].env["COMPAT"] == "easynlp"
+    assert all(s.env.get("DATA_DIR", str(tmp_path / "data")) == str(tmp_path / "data") for s in chain["metakd"])
     # every variable the runner sets is a per-cell one (which the environment may not set) or a
     # setting that a method overrides
     assert {k for e in env.values() for k in e} <= set(compare.PER_CELL) | {"STUDENT_MODEL", "STAGE2_LR"}
@@ -113,6 +134,11 @@ def test_chains_share_teachers_and_stage1(tmp_path):
     assert chain["metakd_teacher_layers"][0].module == "metakd.make_student"
     assert env["metakd_teacher_layers"]["STUDENT_MODEL"] == str(made) == env["student_alone_teacher_layers"]["STUDENT_MODEL"]
     assert outs["metakd_teacher_layers"][2] != outs["metakd"][1]  # its own stage-1 student
+
+
+def test_compare_sh_lists_every_method():
+    header = (ROOT / "compare.sh").read_text().split("cd \"$(dirname")[0]
+    assert all(f" {m}" in header.replace("\n#", " ") for m in METHODS)
 
 
 # ------------------------------------------------------------------ errors
