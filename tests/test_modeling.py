@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+import _np_bert as np_bert
 from conftest import ROOT, STUDENT_DIR, TEACHER_DIR, needs_models, tiny_config
 from metakd.modeling import BertConfig, BertModel, LayerNorm
 from metakd.runtime import flow
@@ -65,10 +66,7 @@ def test_matches_huggingface_bert(role, folder):
     np.testing.assert_allclose(up_cls.pooler_output.numpy(), fx[f"{role}.pooler_output"], atol=TOL, rtol=0)
 
 
-def _np_layer_norm(x, w, b, eps):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
+_np_layer_norm = np_bert.layer_norm
 
 
 def test_layer_norm_matches_formula_and_oneflow():
@@ -98,10 +96,6 @@ def test_layer_norm_gradients_match_oneflow_kernel():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def _np_gelu(x):
-    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
-
-
 def test_tiny_bert_matches_numpy_forward():
     """An independent numpy BERT (written from the paper's formulas) on random weights."""
     flow.manual_seed(0)
@@ -115,25 +109,10 @@ def test_tiny_bert_matches_numpy_forward():
     with flow.no_grad():
         out = model(flow.tensor(ids), flow.tensor(mask), flow.tensor(types), output_hidden_states=True)
 
-    lin = lambda x, p: x @ sd[p + ".weight"].T + sd[p + ".bias"]
-    ln = lambda x, p: _np_layer_norm(x, sd[p + ".weight"], sd[p + ".bias"], cfg.layer_norm_eps)
-    x = sd["embeddings.word_embeddings.weight"][ids] + sd["embeddings.position_embeddings.weight"][np.arange(7)] \
-        + sd["embeddings.token_type_embeddings.weight"][types]
-    x = ln(x, "embeddings.LayerNorm")
-    np.testing.assert_allclose(out.hidden_states[0].numpy(), x, atol=1e-5)
-    A, d = cfg.num_attention_heads, cfg.head_size
+    hidden, pooled = np_bert.forward(sd, cfg.to_dict(), ids, mask, types)
+    np.testing.assert_allclose(out.hidden_states[0].numpy(), hidden[0], atol=1e-5)
     for i in range(cfg.num_hidden_layers):
-        p = f"encoder.layer.{i}."
-        split = lambda t: t.reshape(2, 7, A, d).transpose(0, 2, 1, 3)
-        q, k, v = (split(lin(x, p + "attention.self." + n)) for n in ("query", "key", "value"))
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + (1 - mask[:, None, None, :]) * -10000.0
-        prob = np.exp(s - s.max(-1, keepdims=True))
-        prob /= prob.sum(-1, keepdims=True)
-        ctx = (prob @ v).transpose(0, 2, 1, 3).reshape(2, 7, -1)
-        a = ln(lin(ctx, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
-        x = ln(lin(_np_gelu(lin(a, p + "intermediate.dense")), p + "output.dense") + a, p + "output.LayerNorm")
-        np.testing.assert_allclose(out.hidden_states[i + 1].numpy(), x, atol=1e-4)
-    pooled = np.tanh(lin(x[:, 0], "pooler.dense"))
+        np.testing.assert_allclose(out.hidden_states[i + 1].numpy(), hidden[i + 1], atol=1e-4)
     np.testing.assert_allclose(out.pooler_output.numpy(), pooled, atol=1e-5)
 
 

@@ -1,0 +1,131 @@
+"""Using a trained model: predict on new text, export to Hugging Face names. The logits are checked
+against an independent numpy BERT reading the files (tests/_np_bert.py), not metakd's loader."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import _np_bert as np_bert
+from _tiny import ROOT, call_main, env, make_checkpoint, tiny
+
+TEXTS = ["a wonderful book , i loved it", "terrible . broke after two days", "ok"]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("use") / "student", role="student_second")
+
+
+def _reference_probs(folder, texts, prefix="backbone.", relu=True):
+    """The classifier's probabilities from the folder's files, computed in numpy."""
+    from safetensors.numpy import load_file
+
+    from metakd.tokenization import BertTokenizer
+
+    sd = load_file(str(folder / "model.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    tok = BertTokenizer.from_pretrained(folder)
+    out = []
+    for t in texts:  # one at a time: no padding involved
+        enc = tok([t], None, max_length=32)
+        n = int(enc["attention_mask"].sum())
+        _, pooled = np_bert.forward(sd, cfg, enc["input_ids"][:, :n], enc["attention_mask"][:, :n],
+                                    enc["token_type_ids"][:, :n], prefix=prefix)
+        h = np.maximum(pooled, 0) if relu else pooled
+        z = h @ sd["classifier.weight"].astype(np.float64).T + sd["classifier.bias"]
+        out.append(np.exp(z - z.max()) / np.exp(z - z.max()).sum())
+    return np.concatenate(out)
+
+
+def test_predict_text_file_csv_output(student, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n")
+    code, out, err = call_main("metakd.predict", ["--model", student, "--input", src, "--device", "cpu"])
+    assert code == 0, err
+    lines = out.strip().split("\n")
+    assert lines[0] == "row,label,prob_positive,prob_negative" and len(lines) == 4
+    probs = np.array([[float(v) for v in ln.split(",")[2:]] for ln in lines[1:]])
+    np.testing.assert_allclose(probs, _reference_probs(student, TEXTS), atol=1e-5)
+    labels = [ln.split(",")[1] for ln in lines[1:]]
+    assert labels == [["positive", "negative"][k] for k in probs.argmax(axis=1)]
+    assert [int(ln.split(",")[0]) for ln in lines[1:]] == [0, 1, 2]  # input order
+
+
+def test_predict_csv_with_column_to_jsonl_file(student, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("id,review\n1,\"" + TEXTS[0] + "\"\n2,\"" + TEXTS[1] + "\"\n")
+    dest = tmp_path / "pred.jsonl"
+    code, out, err = call_main("metakd.predict", ["--model", student, "--input", src, "--text-column", "review",
+                                                  "--output", dest, "--device", "cpu"])
+    assert code == 0, err
+    rows = [json.loads(ln) for ln in dest.read_text().splitlines()]
+    assert [r["row"] for r in rows] == [0, 1]
+    got = np.array([[r["probabilities"]["positive"], r["probabilities"]["negative"]] for r in rows])
+    np.testing.assert_allclose(got, _reference_probs(student, TEXTS[:2]), atol=1e-5)
+
+
+def test_predict_reads_stdin(student):
+    p = subprocess.run([sys.executable, "-m", "metakd.predict", "--model", str(student), "--device", "cpu"],
+                       input="\n".join(TEXTS), capture_output=True, text=True, cwd=ROOT, env=env(), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.strip().split("\n")) == 4
+
+
+@pytest.mark.parametrize("content,args,msg", [
+    (b"good\n\nbad\n", [], "empty text (line 2)"),
+    (b"\x00\x01binary", [], "binary data"),
+    (b"\xff\xfe bad", [], "not UTF-8"),
+    (b"a,b\n1,2\n", ["--suffix", ".csv"], "no text column"),
+    (b"good\n", ["--text-column", "x"], "apply to .csv/.tsv input only"),
+])
+def test_predict_bad_input_one_line(student, tmp_path, content, args, msg):
+    suffix = ".txt"
+    if args[:1] == ["--suffix"]:
+        suffix, args = args[1], args[2:]
+    src = tmp_path / f"in{suffix}"
+    src.write_bytes(content)
+    dest = tmp_path / "out.csv"
+    code, out, err = call_main("metakd.predict", ["--model", student, "--input", src, "--output", dest, *args])
+    assert code == 2 and msg in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not dest.exists()
+
+
+def test_predict_refuses_a_folder_that_is_not_a_metakd_classifier(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("good\n")
+    code, _, err = call_main("metakd.predict", ["--model", tiny().student, "--input", src])
+    assert code == 2 and "not a metakd checkpoint" in err
+
+
+def test_export_hf_names_config_and_logits(student, tmp_path):
+    from safetensors.numpy import load_file
+
+    dest = tmp_path / "hf"
+    code, out, err = call_main("metakd.export", ["--model", student, "--out", dest])
+    assert code == 0, err
+    assert "domain_embedding" in out and "fit_dense" in out  # the heads left out are named
+    sd = load_file(str(dest / "model.safetensors"))
+    src = load_file(str(student / "model.safetensors"))
+    assert set(sd) == {"bert." + k[len("backbone."):] for k in src if k.startswith("backbone.")} \
+        | {"classifier.weight", "classifier.bias"}
+    for k, v in sd.items():
+        original = src["backbone." + k[5:]] if k.startswith("bert.") else src[k]
+        np.testing.assert_array_equal(v, original)
+    cfg = json.loads((dest / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and cfg["model_type"] == "bert"
+    assert cfg["num_labels"] == 2 and cfg["id2label"] == {"0": "positive", "1": "negative"}
+    assert cfg["label2id"] == {"positive": 0, "negative": 1}
+    assert cfg["auto_map"]["AutoModelForSequenceClassification"] == "modeling_metakd.MetaKDBertForSequenceClassification"
+    assert "torch.relu(out.pooler_output)" in (dest / "modeling_metakd.py").read_text()
+    assert (dest / "vocab.txt").read_text() == (student / "vocab.txt").read_text()
+    assert json.loads((dest / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    assert "metakd" not in cfg  # a plain Hugging Face config
+    # the exported files (bert.* names) give metakd's probabilities, read independently
+    np.testing.assert_allclose(_reference_probs(dest, TEXTS, prefix="bert."), _reference_probs(student, TEXTS),
+                               atol=1e-6)
+    code, _, err = call_main("metakd.export", ["--model", student, "--out", dest])
+    assert code == 2 and "already exists" in err
