@@ -40,6 +40,20 @@ with _fd2_silenced():
 
 import numpy as np  # noqa: E402
 
+
+def restore_ctrl_c() -> None:
+    """OneFlow's import installs a SIGINT handler that ends the process at once with exit 255 (no
+    message, no release of the output lock's waiters). Put Python's back, so that Ctrl-C raises
+    KeyboardInterrupt and the entry points stop as documented (``interrupted; ...``, exit 130)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+restore_ctrl_c()
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
