@@ -4,7 +4,9 @@
 # Resumable: rerun it (from the same commit) and finished cells are kept. RUN_DIR as in compare.sh.
 # PHASES picks phases (default all, in order): 1 Meta-KD vs the student alone and the meta-teacher;
 # 2 plain KD from the meta-teacher and Meta-KD without stage 1; 3 BERT-mix, BERT-s and KD from them;
-# 4 the other ablations; 5 COMPAT=easynlp Meta-KD on books (seed 42).
+# 4 the other ablations; 5 COMPAT=easynlp Meta-KD on books (seed 42); 6 the recipes that might make the
+# transfer work (hidden states only in stage 1, hard labels + T^2, a larger stage-2 rate and the student
+# alone at that rate, a student made of the teacher's layers and that student alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="$(realpath -m "${SHARED:-../shared}")"
@@ -14,7 +16,7 @@ export STUDENT_MODEL="${STUDENT_MODEL:-$SHARED/models/paraphrase-MiniLM-L3-v2}"
 export DEVICE="${DEVICE:-cpu}" NPROC="${NPROC:-2}" BATCH_SIZE="${BATCH_SIZE:-8}" EVAL_EVERY="${EVAL_EVERY:-100}"
 export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}" STAGE2_EPOCHS="${STAGE2_EPOCHS:-3}"
 export RUN_DIR="${RUN_DIR:-out/compare_real}" SEEDS="${SEEDS:-42,43,44}"
-PHASES="${PHASES:-1 2 3 4 5}"
+PHASES="${PHASES:-1 2 3 4 5 6}"
 for phase in $PHASES; do
   case "$phase" in
     1) METHODS=teacher_meta,metakd,student_alone bash compare.sh ;;
@@ -22,6 +24,7 @@ for phase in $PHASES; do
     3) METHODS=teacher_mix,kd_mix,teacher_single,kd_single bash compare.sh ;;
     4) METHODS=metakd_no_proto,metakd_no_expertise,metakd_no_domain_term,metakd_teacher_no_domain_loss bash compare.sh ;;
     5) METHODS=metakd_easynlp GENRES=books SEEDS=42 bash compare.sh ;;
-    *) echo "error: tools/compare_real.sh: unknown phase $phase; PHASES is a list of 1-5" >&2; exit 2 ;;
+    6) METHODS=metakd_hidden_only,metakd_hard,metakd_lr1e-4,student_alone_lr1e-4,metakd_teacher_layers,student_alone_teacher_layers bash compare.sh ;;
+    *) echo "error: tools/compare_real.sh: unknown phase $phase; PHASES is a list of 1-6" >&2; exit 2 ;;
   esac
 done
