@@ -19,6 +19,7 @@ BERT folder skips stage 1.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -133,10 +134,14 @@ def main(argv=None) -> int:
     cli.check_genre(a.genre, proc)
     targs = cli.train_args(a)
     targs.validate()
-    if not a.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {a.temperature}")
+    if not 0 < a.temperature < math.inf:
+        raise UserError(f"--temperature must be > 0 and finite, got {a.temperature}")
     if not 0.0 <= a.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {a.alpha}")
+    if not 0 <= a.domain_loss_weight < math.inf:
+        raise UserError(f"--domain-loss-weight must be >= 0 and finite, got {a.domain_loss_weight}")
+    if not 0 <= a.teacher_cache_gb < math.inf:
+        raise UserError(f"--teacher-cache-gb must be >= 0 and finite, got {a.teacher_cache_gb}")
     compat = a.compat
     device = resolve_device(a.device)
 

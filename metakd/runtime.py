@@ -70,8 +70,14 @@ def resolve_device(name: str = "auto") -> flow.device:
 
     if name not in DEVICES and not name.startswith(("cuda:", "cpu:")):
         raise UserError(f"unknown device {name!r}; use one of auto, cpu, cuda, cuda:N")
+    if name.startswith("cpu:") and name != "cpu:0":
+        raise UserError(f"unknown device {name!r}: there is one CPU device (cpu or cpu:0); NPROC sets the processes")
     if name.startswith("cuda") and not cuda_available():
         raise UserError("--device cuda was asked for but OneFlow sees no usable GPU; use --device cpu or auto")
+    if name.startswith("cuda:"):
+        index = name[5:]
+        if not index.isdigit() or int(index) >= flow.cuda.device_count():
+            raise UserError(f"unknown device {name!r}; OneFlow sees GPUs 0..{flow.cuda.device_count() - 1}")
     if name == "auto":
         name = "cuda" if cuda_available() else "cpu"
     if name == "cuda" and world_size() > 1:

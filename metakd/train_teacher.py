@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     proc = cli.processor(a.task)
     targs = cli.train_args(a)
     targs.validate()
-    if a.domain_loss_weight < 0:
-        raise UserError(f"--domain-loss-weight must be >= 0, got {a.domain_loss_weight}")
+    if not 0 <= a.domain_loss_weight < float("inf"):
+        raise UserError(f"--domain-loss-weight must be >= 0 and finite, got {a.domain_loss_weight}")
     device = resolve_device(a.device)
     check_model_folder(a.model)
     genre = None if a.genre == "all" else a.genre

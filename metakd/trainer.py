@@ -71,9 +71,10 @@ class TrainArgs:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (0 < self.lr < 1, f"learning rate must be in (0, 1), got {self.lr}"),
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2^32), got {self.seed}"),
             (0 <= self.warmup_proportion < 1, f"warm-up proportion must be in [0, 1), got {self.warmup_proportion}"),
-            (self.max_grad_norm > 0, f"max grad norm must be > 0, got {self.max_grad_norm}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (0 < self.max_grad_norm < math.inf, f"max grad norm must be > 0 and finite, got {self.max_grad_norm}"),
+            (0 <= self.weight_decay < math.inf, f"weight decay must be >= 0 and finite, got {self.weight_decay}"),
             (self.log_every >= 1, f"log interval must be >= 1, got {self.log_every}"),
             (self.eval_every >= 0 and self.save_every >= 0 and self.max_steps >= 0, "step intervals must be >= 0"),
         ]

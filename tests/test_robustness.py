@@ -393,3 +393,45 @@ def test_evaluate_and_process_data_check_inputs_first(tiny_ckpt, tmp_path):
     (data / "dev.tsv").write_bytes((data / "dev.tsv").read_bytes() + b"x\tbooks\n")
     _fails_cleanly("metakd.process_data", ["--data-dir", data, "--teacher-model", t.teacher, "--max-seq-length", SEQ,
                                            "--device", "cpu", "--no-progress"], data / "dev.tsv", "TAB-separated fields")
+
+
+# Out-of-range numbers that used to pass the checks and then crash or train nothing (second pass).
+@pytest.mark.parametrize("module,extra,msg", [
+    ("metakd.train_teacher", ["--seed", "-1"], "seed must be in [0, 2^32)"),
+    ("metakd.train_teacher", ["--seed", str(2**40)], "seed must be in [0, 2^32)"),
+    ("metakd.train_teacher", ["--domain-loss-weight", "nan"], "--domain-loss-weight must be >= 0 and finite"),
+    ("metakd.train_teacher", ["--domain-loss-weight", "inf"], "--domain-loss-weight must be >= 0 and finite"),
+    ("metakd.train_teacher", ["--max-grad-norm", "inf"], "max grad norm must be > 0 and finite"),
+    ("metakd.train_teacher", ["--device", "cpu:5"], "there is one CPU device"),
+    ("metakd.distill", ["--temperature", "inf"], "--temperature must be > 0 and finite"),
+    ("metakd.distill", ["--temperature", "nan"], "--temperature must be > 0 and finite"),
+    ("metakd.distill", ["--domain-loss-weight", "nan"], "--domain-loss-weight must be >= 0 and finite"),
+    ("metakd.distill", ["--teacher-cache-gb", "-1"], "--teacher-cache-gb must be >= 0 and finite"),
+    ("metakd.distill", ["--teacher-cache-gb", "nan"], "--teacher-cache-gb must be >= 0 and finite"),
+    ("metakd.distill", ["--alpha", "nan"], "--alpha must be in [0, 1]"),
+])
+def test_numeric_options_range_checked_before_work(tiny_ckpt, tmp_path, module, extra, msg):
+    from _tiny import SEQ, teacher_args
+
+    t, teacher = tiny_ckpt
+    out = tmp_path / "out"
+    if module == "metakd.train_teacher":
+        args = teacher_args(out, *extra)
+    else:
+        args = ["--stage", "first", "--genre", "books", "--data-dir", t.data, "--teacher", teacher, "--student",
+                t.student, "--out", out, "--max-seq-length", SEQ, "--device", "cpu", *extra]
+    _fails_cleanly(module, args, msg, out=out)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "0", "-2"])
+def test_nproc_must_be_a_whole_number(tmp_path, value):
+    import subprocess
+    import sys
+
+    from _tiny import ROOT
+
+    env = dict(os.environ, METAKD_PYTHON=sys.executable, NPROC=value, OUT_DIR=str(tmp_path / "out"),
+               DATA_DIR=str(tmp_path / "data"))
+    p = subprocess.run(["bash", "3_train_teacher.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: 3_train_teacher.sh: NPROC={value}; it must be a whole number >= 1"
+    assert not (tmp_path / "out").exists()

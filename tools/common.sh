@@ -24,6 +24,12 @@ export GLOG_minloglevel="${GLOG_minloglevel:-2}"
 # stages pass DISTRIBUTED=1). Multi-machine: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
 run_metakd() {
   local module="$1"; shift
+  local v
+  for v in NPROC NNODES; do  # checked before any work: bash would read "abc" or "1.5" as 0 or fail later
+    if [ -n "${!v:-}" ] && ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then
+      echo "error: $(basename "$0"): $v=${!v}; it must be a whole number >= 1" >&2; exit 2
+    fi
+  done
   if [ "${DISTRIBUTED:-0}" = 1 ] && { [ "${NPROC:-1}" -gt 1 ] || [ "${NNODES:-1}" -gt 1 ]; }; then
     "$METAKD_PYTHON" -m oneflow.distributed.launch --nproc_per_node "${NPROC:-1}" \
       --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
