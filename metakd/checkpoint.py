@@ -1,6 +1,6 @@
 """Reading and writing model folders.
 
-Read (design.md section 4):
+Read (docs/design.md section 4):
   * a Hugging Face BERT folder: ``config.json`` + ``model.safetensors`` (keys with or without a
     ``bert.`` prefix);
   * the older OneFlow port's layout: ``parameters.json`` + ``weights/`` written by ``flow.save``;

@@ -36,7 +36,7 @@ def add_common(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
     g.add_argument("--task", default="senti", choices=["senti"], help="dataset and its labels/domains")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--compat", default="none", choices=["none", "easynlp"],
-                   help="'easynlp' reproduces EasyNLP's numerics (design.md section 3) for side-by-side checks")
+                   help="'easynlp' reproduces EasyNLP's numerics (docs/design.md section 3) for side-by-side checks")
     g.add_argument("--max-seq-length", type=int, default=128, help="tokens per input, [CLS]/[SEP] included")
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step and process")
     g.add_argument("--seed", type=int, default=42)
@@ -106,7 +106,7 @@ def check_genre(genre: str, proc) -> None:
 
 
 def encode_split(df: pd.DataFrame, tokenizer, proc, max_length: int, compat: str, training: bool, source: Path) -> Encoded:
-    """Encode with the input layout of the chosen numerics (design.md section 3)."""
+    """Encode with the input layout of the chosen numerics (docs/design.md section 3)."""
     mode = "data" if compat == "none" else ("none-pair" if training else "empty-pair")
     return encode(df, tokenizer, proc.labels, proc.domains, max_length, text_b_mode=mode, source=str(source))
 

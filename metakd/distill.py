@@ -10,7 +10,7 @@ each example weighted by (1 + prototype score) x the teacher's domain expertise
 1/(1+exp((1-p_y)^2)); the final model is kept. Stage ``second`` (prediction layer): soft
 cross-entropy against the teacher's logits at temperature T; the best model by the genre's
 dev accuracy is kept. The teacher is frozen (eval mode, no grad); ``--compat easynlp`` gives
-EasyNLP's numerics instead (design.md section 3).
+EasyNLP's numerics instead (docs/design.md section 3).
 
 Baselines and ablations: ``--plain-kd`` is TinyBERT-style two-stage KD (every weight 1, no
 domain term; ``--no-prototype-weights``, ``--no-expertise-weights`` and ``--no-domain-term``
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
 
         cache = None
         if compat != "easynlp" and a.teacher_cache_gb > 0:
-            # The frozen teacher gives the same targets every epoch: compute them once (design.md).
+            # The frozen teacher gives the same targets every epoch: compute them once (docs/design.md section 8.2).
             from metakd.modeling import parameter_views
             from metakd.teacher_cache import Stage1TeacherCache, describe
 

@@ -16,7 +16,7 @@ import pandas as pd
 from metakd.errors import UserError
 from metakd.runtime import flow
 
-# How text_b becomes model input (design.md section 3, "input layout").
+# How text_b becomes model input (docs/design.md section 3, "input layout").
 TEXT_B_MODES = ("data", "none-pair", "empty-pair")
 
 

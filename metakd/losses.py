@@ -1,4 +1,4 @@
-"""Meta-KD's losses and weights (design.md section 3; reference.md section 5).
+"""Meta-KD's losses and weights (docs/design.md section 3; docs/reference.md section 5).
 
 All functions take OneFlow tensors. ``compat="easynlp"`` reproduces EasyNLP's numerics, the
 default is the algorithm as the paper and the original authors' code meant it:

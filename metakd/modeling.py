@@ -7,7 +7,7 @@ attention): a checkpoint's state dict maps 1:1 (``embeddings.word_embeddings.wei
 Shapes: B = batch, L = sequence length, H = hidden size, A = attention heads, I = FFN size.
 
 Beyond Hugging Face, ``BertModel`` can return the pre-softmax attention scores that Meta-KD's
-stage-1 distillation compares (design.md section 3).
+stage-1 distillation compares (docs/design.md section 3).
 
 CPU note: OneFlow 0.9's CPU kernels run on one thread, and many are slow for a BERT step: GEMM at
 ~40% of OpenBLAS's speed, last-axis broadcasts ~50x slow (``nn.LayerNorm``), batched matmuls,

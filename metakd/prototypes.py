@@ -2,7 +2,7 @@
 
 score_i = (cos(e_i, c_d) + cos(e_i, mean of the other domains' centroids)) / 2, where e_i is the
 pretrained teacher's mean token embedding of example i and c_d the mean embedding of domain d
-(both labels together), as in the reference (reference.md section 2.3).
+(both labels together), as in the reference (docs/reference.md section 2.3).
 """
 from __future__ import annotations
 

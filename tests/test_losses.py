@@ -1,5 +1,5 @@
 """Golden tests for metakd.losses: each loss against the formula written out in numpy
-(reference.md section 5, design.md section 3), for the default numerics and compat="easynlp"."""
+(docs/reference.md section 5, docs/design.md section 3), for the default numerics and compat="easynlp"."""
 from __future__ import annotations
 
 import math

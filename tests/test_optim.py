@@ -11,7 +11,7 @@ from metakd.runtime import flow
 
 
 def expected_multiplier(step: int, total: int, warmup: int) -> float:
-    """design.md: linear warm-up over the first ``warmup`` updates (the first update already has lr > 0,
+    """docs/design.md section 3.2: linear warm-up over the first ``warmup`` updates (the first update already has lr > 0,
     reaching 1 on update warmup-1), then linear decay to base/(total-warmup) on the last update."""
     if step < warmup:
         return (step + 1) / warmup

@@ -1,4 +1,4 @@
-"""Golden tests for metakd.prototypes: the prototype score of reference.md 2.3 and the content
+"""Golden tests for metakd.prototypes: the prototype score of docs/reference.md section 2.3 and the content
 vector (masked mean vs. EasyNLP's mean over positions 1..L-1) written out in numpy."""
 from __future__ import annotations
 

@@ -340,7 +340,7 @@ def test_write_standard_refuses_bad_weight(tmp_path):
 # ---------------------------------------------------------------------------- real data
 
 def easynlp_parse(path: Path) -> list:
-    """EasyNLP's parser as reference.md 2.1 describes it: lines glued, TAB-led lines lose their
+    """EasyNLP's parser as docs/reference.md section 2.1 describes it: lines glued, TAB-led lines lose their
     first and last character. (Its code also appends the previous line again for every blank
     line inside a review, 2502 of the 8000 reviews; that repetition is left out here, only the
     characters kept matter.) Returns (text, had_tab_line) pairs.
