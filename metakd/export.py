@@ -2,6 +2,8 @@
 
     python -m metakd.export --model out/books/meta_student_finetune --out export/books-student
 
+    python -m metakd.export --model out/books/meta_student_finetune --out export/books-onnx --format onnx
+
 ``--format hf`` (the default) writes a Hugging Face folder that
 ``transformers.BertForSequenceClassification.from_pretrained`` loads as is: ``bert.*`` and
 ``classifier.*`` tensors in ``model.safetensors``, ``config.json`` with ``architectures``,
@@ -14,6 +16,13 @@ carries ``modeling_metakd.py``, a ``BertForSequenceClassification`` subclass wit
 ``config.json``'s ``auto_map``: ``AutoModelForSequenceClassification.from_pretrained(folder,
 trust_remote_code=True)`` gives metakd's logits exactly; the plain class loads the same weights
 but its logits differ.
+
+``--format onnx`` writes ``model.onnx`` (inputs ``input_ids``, ``attention_mask``,
+``token_type_ids``, int64 [batch, seq] -> ``logits``), traced by OneFlow's converter (oneflow-onnx)
+at a fixed shape (``--batch``, ``--seq``; see metakd/onnx_export.py for why it cannot be dynamic),
+with ``config.json`` (labels, the shape), the vocabulary and tokenizer config. The export runs the
+graph in onnxruntime on a few encoded texts and compares with metakd's own logits; it fails if they
+differ by more than 1e-4.
 """
 from __future__ import annotations
 
@@ -51,7 +60,11 @@ def build_parser():
     p = cli.parser("python -m metakd.export", __doc__)
     p.add_argument("--model", type=Path, required=True, help="a metakd model folder (e.g. a stage-2 student)")
     p.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: a Hugging Face BertForSequenceClassification folder")
+    p.add_argument("--format", choices=["hf", "onnx"], default="hf",
+                   help="hf: a Hugging Face BertForSequenceClassification folder; onnx: model.onnx + config")
+    p.add_argument("--batch", type=int, default=8, help="onnx: the graph's (fixed) batch size")
+    p.add_argument("--seq", type=int, default=None, help="onnx: the graph's (fixed) length (default: the model's "
+                                                          "max_seq_length)")
     return p
 
 
@@ -117,9 +130,75 @@ def export_hf(model: Path, out: Path) -> dict:
                                                        "bert." + k[len("backbone."):] not in tensors)}
 
 
+CHECK_TEXTS = ["a wonderful book , i loved every page of it", "terrible . it broke after two days", "ok",
+               "not what i expected , but the second half is good"]
+
+
+def export_onnx(model: Path, out: Path, batch: int, seq) -> float:
+    """model.onnx + config.json + vocabulary in ``out``; returns the largest logit difference
+    between onnxruntime and metakd on CHECK_TEXTS."""
+    import numpy as np
+
+    from metakd.checkpoint import CONFIG, VOCAB, check_model_folder, read_metakd_info
+    from metakd.fileio import atomic_dir, read_json_object
+    from metakd.meta_model import load_meta_checkpoint
+    from metakd.onnx_export import export_logits, run_padded
+    from metakd.runtime import flow
+
+    check_model_folder(model, metakd=True)
+    info = read_metakd_info(model)
+    labels = [str(x) for x in info.get("labels", [])]
+    if len(labels) < 2:
+        raise UserError("the checkpoint names no labels; it is not a classifier written by metakd", model)
+    max_len = int(info.get("max_seq_length", 128))
+    seq = max_len if seq is None else seq
+    bert = read_json_object(model / CONFIG)
+    if not 1 <= batch <= 4096:
+        raise UserError(f"--batch must be in [1, 4096], got {batch}")
+    if not 3 <= seq <= int(bert.get("max_position_embeddings", 512)):
+        raise UserError(f"--seq must be in [3, the model's max_position_embeddings], got {seq}")
+    if out.exists():
+        raise UserError("already exists; choose a new folder or delete it", out)
+    import onnxruntime as ort
+
+    tok = cli.load_tokenizer(model)
+    reference, _ = load_meta_checkpoint(model, verbose=False)
+    enc = tok(CHECK_TEXTS, None, max_length=min(seq, max_len))
+    with flow.no_grad():  # metakd's own eval path (CPU numpy kernels, unpadded)
+        want = reference.eval()(*(flow.tensor(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids")),
+                                logits_only=True).logits.numpy()
+    traced, _ = load_meta_checkpoint(model, verbose=False)  # a fresh copy: tracing changes it
+    cfg = hf_config(bert, labels, info)
+    for k in ("architectures", "auto_map"):
+        cfg.pop(k)
+    cfg["onnx"] = {"file": "model.onnx", "batch": batch, "seq": seq, "inputs": ["input_ids", "attention_mask",
+                   "token_type_ids"], "outputs": ["logits"], "head": "logits = classifier(ReLU(pooler_output))",
+                   "exporter": "oneflow-onnx (OneFlow's converter), fixed shapes"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        export_logits(traced, tmp / "model.onnx", batch, seq)
+        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+        got = run_padded(session, enc)
+        diff = float(np.abs(got - want).max())
+        if not diff <= 1e-4:
+            raise UserError(f"the ONNX graph's logits differ from metakd's by {diff:.3g} (> 1e-4); not written", model)
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        shutil.copyfile(model / VOCAB, tmp / VOCAB)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "BertTokenizer", "do_lower_case": tok.do_lower_case, "model_max_length": seq},
+            indent=2) + "\n", encoding="utf-8")
+    return diff
+
+
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if a.format == "onnx":
+        diff = export_onnx(a.model, a.out, a.batch, a.seq)
+        shape = json.loads((a.out / "config.json").read_text(encoding="utf-8"))["onnx"]
+        print(f"wrote {a.out / 'model.onnx'}: fixed shape [{shape['batch']}, {shape['seq']}]; onnxruntime vs metakd "
+              f"on {len(CHECK_TEXTS)} texts: max |logit difference| {diff:.2g}")
+        return 0
     done = export_hf(a.model, a.out)
     print(f"wrote {a.out}: {done['tensors']} tensors in Hugging Face names; left out the training-only heads "
           f"({', '.join(sorted({k.split('.')[0] for k in done['dropped']})) or 'none'})")

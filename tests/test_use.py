@@ -129,3 +129,29 @@ def test_export_hf_names_config_and_logits(student, tmp_path):
                                atol=1e-6)
     code, _, err = call_main("metakd.export", ["--model", student, "--out", dest])
     assert code == 2 and "already exists" in err
+
+
+def test_export_onnx_matches_an_independent_computation(student, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from metakd.onnx_export import run_padded
+    from metakd.tokenization import BertTokenizer
+
+    dest = tmp_path / "onnx"
+    code, out, err = call_main("metakd.export", ["--model", student, "--out", dest, "--format", "onnx",
+                                                 "--batch", "2", "--seq", "24"])
+    assert code == 0, err
+    assert "fixed shape [2, 24]" in out
+    cfg = json.loads((dest / "config.json").read_text())
+    assert cfg["onnx"]["batch"] == 2 and cfg["onnx"]["seq"] == 24 and cfg["id2label"] == {"0": "positive", "1": "negative"}
+    session = ort.InferenceSession(str(dest / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [list(i.shape) for i in session.get_inputs()] == [[2, 24]] * 3
+    enc = BertTokenizer.from_pretrained(dest)(TEXTS, None, max_length=24)  # 3 rows: two padded batches of 2
+    logits = run_padded(session, enc)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(z / z.sum(axis=1, keepdims=True), _reference_probs(student, TEXTS), atol=1e-5)
+    code, _, err = call_main("metakd.export", ["--model", student, "--out", tmp_path / "x", "--format", "onnx",
+                                               "--seq", "2"])
+    assert code == 2 and "--seq must be in [3" in err and not (tmp_path / "x").exists()

@@ -1,0 +1,128 @@
+"""A classifier's logits as an ONNX graph, with OneFlow's own converter (oneflow-onnx 0.6.2).
+
+Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64 [batch, seq]) -> ``logits``
+(float32 [batch, labels]). The shapes are fixed at export: oneflow-onnx bakes reshape targets,
+ranges and slices into the graph and its only dynamic option renames one input's first axis, which
+does not make the graph run at other shapes (measured: onnxruntime refuses another batch size or
+length). Pad inputs to ``[batch, seq]`` (rows with an all-zero mask for a short batch) and drop the
+extra rows' logits: ``run_padded`` does it.
+
+What the export needs, each measured with OneFlow 0.9 / oneflow-onnx 0.6.2 / onnx 1.14.1:
+
+* plain OneFlow ops: the CPU numpy Functions cannot be traced, so the model runs with
+  ``modeling._CPU_MATMUL = "oneflow"`` (the same function to float rounding) and metakd's
+  LayerNorm (OneFlow's own CPU LayerNorm converts to a ReduceSum without axes at opset 13);
+* no unpadding (``flow.nonzero`` has a data-dependent shape): the graph calls the model with
+  ``compat="easynlp", logits_only=True``, which keeps every position; [CLS]'s logits are the same;
+* metakd's Linear/Embedding/Dropout call ``super().forward``, which nn.Graph's module proxies
+  break: the exported instances get their OneFlow base class's forward (the same computation on
+  this path);
+* a converter bug: ``BackToBackOptimizer`` reads the first Transpose's permutation twice and so
+  removes attention's ``K^T`` as if it were the identity (onnxruntime then refuses the file); the
+  export runs without that pass;
+* ``np.bool``, which oneflow-onnx still uses and numpy 1.24 removed.
+"""
+from __future__ import annotations
+
+import tempfile
+import types
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from metakd.errors import UserError
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _import_converter():
+    if not hasattr(np, "bool"):
+        np.bool = np.bool_  # oneflow-onnx 0.6.2 uses np.bool (removed in numpy 1.24)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # oneflow-onnx's own np.bool use
+            warnings.simplefilter("ignore", FutureWarning)
+            import onnx
+            from oneflow_onnx.oneflow2onnx import optimizer
+            from oneflow_onnx.oneflow2onnx.util import export_onnx_model
+    except ImportError as e:
+        raise UserError(f"ONNX export needs oneflow-onnx and onnx ({e}); run bash tools/setup_env.sh, which installs "
+                        "the pinned versions of requirements.txt") from None
+    return onnx, optimizer, export_onnx_model
+
+
+def _graph_ready(model) -> None:
+    """nn.Graph calls forwards through proxies, which breaks metakd's zero-argument super()."""
+    from metakd import modeling
+    from metakd.runtime import flow
+
+    bases = {modeling.Embedding: flow.nn.Embedding, modeling.Linear: flow.nn.Linear, modeling.Dropout: flow.nn.Dropout}
+    for m in model.modules():
+        base = bases.get(type(m))
+        if base is not None:
+            m.forward = types.MethodType(base.forward, m)
+
+
+def export_logits(model, path: Path, batch: int, seq: int, opset: int = 13) -> None:
+    """Trace ``model`` (a MetaBert on CPU; it is changed for tracing: use a fresh copy) to ``path``."""
+    from metakd import modeling
+    from metakd.runtime import flow
+
+    onnx, optimizer, export_onnx_model = _import_converter()
+
+    class LogitsGraph(flow.nn.Graph):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def build(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids, attention_mask, token_type_ids, compat="easynlp", logits_only=True).logits
+
+    saved_matmul, saved_ln = modeling._CPU_MATMUL, modeling._NATIVE_LAYERNORM
+    modeling._CPU_MATMUL, modeling._NATIVE_LAYERNORM = "oneflow", False
+    saved_pass = optimizer._optimizers.pop("remove_back_to_back", None)
+    try:
+        model.eval()
+        _graph_ready(model)
+        dummy = [flow.ones(batch, seq, dtype=flow.int64), flow.ones(batch, seq, dtype=flow.int64),
+                 flow.zeros(batch, seq, dtype=flow.int64)]
+        with flow.no_grad():
+            model(*dummy, compat="easynlp", logits_only=True)  # eager once: LayerNorm makes its constants
+        graph = LogitsGraph(model)
+        graph(*dummy)
+        with tempfile.TemporaryDirectory() as weights:
+            flow.save(graph.state_dict(), weights)
+            export_onnx_model(graph, opset=opset, flow_weight_dir=weights, onnx_model_path=str(path))
+    finally:
+        modeling._CPU_MATMUL, modeling._NATIVE_LAYERNORM = saved_matmul, saved_ln
+        if saved_pass is not None:
+            optimizer._optimizers["remove_back_to_back"] = saved_pass
+    m = onnx.load(str(path))  # readable names instead of the graph's generated ones
+    renames = {i.name: n for i, n in zip(m.graph.input, INPUTS)}
+    renames[m.graph.output[0].name] = "logits"
+    for v in list(m.graph.input) + list(m.graph.output):
+        v.name = renames[v.name]
+    for node in m.graph.node:
+        node.input[:] = [renames.get(x, x) for x in node.input]
+        node.output[:] = [renames.get(x, x) for x in node.output]
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def run_padded(session, enc: Dict[str, np.ndarray]) -> np.ndarray:
+    """Logits of encoded rows (any count, at most the exported length) through a fixed-shape graph."""
+    batch, seq = session.get_inputs()[0].shape
+    n, width = enc["input_ids"].shape
+    used = int(enc["attention_mask"].sum(axis=1).max())
+    if used > seq:
+        raise UserError(f"a row has {used} tokens but the graph was exported for {seq}; export it with a larger --seq")
+    out: List[np.ndarray] = []
+    for lo in range(0, n, batch):
+        feeds = {k: np.zeros((batch, seq), np.int64) for k in INPUTS}
+        rows = min(batch, n - lo)
+        for k in INPUTS:
+            feeds[k][:rows, :min(width, seq)] = enc[k][lo:lo + rows, :seq]
+        out.append(session.run(["logits"], feeds)[0][:rows])
+    return np.concatenate(out)
