@@ -431,17 +431,21 @@ def collect(lay: Layout, proc) -> Tuple["pd.DataFrame", Dict[Tuple[str, str, int
     return df.reset_index(drop=True), evals
 
 
+def _mean_std(v: np.ndarray) -> Tuple[float, float, int]:
+    """(mean, sample std, n); NaN where there are too few values."""
+    nan = float("nan")
+    return (float(v.mean()) if len(v) else nan, float(v.std(ddof=1)) if len(v) > 1 else nan, len(v))
+
+
 def summary_table(df, genres: Sequence[str], metric: str = "test_accuracy") -> List[dict]:
     """Per method: mean +- std over seeds per genre, and of the per-seed average over all genres."""
     rows = []
     for method, g in df.groupby("method", sort=False):
         row = {"method": method}
         for genre in genres:
-            v = g[g.genre == genre][metric].to_numpy()
-            row[genre] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v))
+            row[genre] = _mean_std(g[g.genre == genre][metric].to_numpy())
         per_seed = g.groupby("seed").filter(lambda s: set(genres) <= set(s.genre)).groupby("seed")[metric].mean().to_numpy()
-        row["average"] = (float(per_seed.mean()) if len(per_seed) else float("nan"),
-                          float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"), len(per_seed))
+        row["average"] = _mean_std(per_seed)
         rows.append(row)
     return rows
 
