@@ -63,7 +63,8 @@ def train_args(a: argparse.Namespace):
     return TrainArgs(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                      warmup_proportion=a.warmup_proportion, max_grad_norm=a.max_grad_norm, seed=a.seed,
                      log_every=a.log_every, eval_every=a.eval_every, save_every=a.save_every,
-                     max_steps=a.max_steps, resume=not a.restart)
+                     max_steps=a.max_steps, resume=not a.restart,
+                     adamw="huggingface" if getattr(a, "compat", "none") == "easynlp" else "pytorch")
 
 
 def processor(task: str):

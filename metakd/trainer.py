@@ -59,6 +59,7 @@ class TrainArgs:
     warmup_proportion: float = 0.1
     max_grad_norm: float = 1.0
     adam_eps: float = 1e-6
+    adamw: str = "pytorch"       # or "huggingface": EasyNLP's AdamW (COMPAT=easynlp), optim.HFAdamWState
     seed: int = 42
     log_every: int = 20
     eval_every: int = 50         # steps; 0 = only at the end of each epoch
@@ -224,10 +225,12 @@ class Trainer:
         total = args.epochs * self.steps_per_epoch
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
         self.update = make_update(model, args.lr, args.weight_decay, self.total_steps, args.warmup_proportion,
-                                  eps=args.adam_eps, max_grad_norm=args.max_grad_norm)
+                                  eps=args.adam_eps, max_grad_norm=args.max_grad_norm, variant=args.adamw)
         fp = {"stage": stage, "n_train": len(data), "data": data_fingerprint(data), "world_size": self.world_size,
               "update": type(self.update).__name__,  # its saved state has this one's layout
-              **asdict(args), **(fingerprint or {})}
+              # (the default AdamW is left out: states saved before the choice existed still resume)
+              **{k: v for k, v in asdict(args).items() if not (k == "adamw" and v == "pytorch")},
+              **(fingerprint or {})}
         fp.pop("resume", None)
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.progress = Progress()

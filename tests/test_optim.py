@@ -261,3 +261,95 @@ def test_make_update_numpy_on_cpu_oneflow_on_request(monkeypatch):
     assert type(make_update(m, 1e-3, 0.0, 10, 0.1)) is NumpyUpdate
     monkeypatch.setattr(modeling, "_CPU_MATMUL", "oneflow")
     assert type(make_update(m, 1e-3, 0.0, 10, 0.1)) is FlowUpdate
+
+
+# ------------------------------------------------------------------ EasyNLP's (Hugging Face's) AdamW
+
+
+def _hf_adamw_by_hand(w0, grads, lr_of_step, wd, eps=1e-6, b1=0.9, b2=0.999):
+    """transformers.AdamW (correct_bias=True) written out in float64, one parameter; a None
+    gradient skips the step for this parameter (its own step count does not advance)."""
+    w, m, v, t = np.array(w0, np.float64), 0.0, 0.0, 0
+    for s, g in enumerate(grads):
+        if g is None:
+            continue
+        g = np.asarray(g, np.float64)
+        t += 1
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        lr = lr_of_step(s)
+        w = w - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+        w = w - lr * wd * w
+    return w
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("kind", ["numpy", "oneflow"])
+def test_huggingface_adamw_against_the_formula(kind, wd):
+    """Five steps, the second one without a gradient for the bias; no clipping (norm below 1)."""
+    from metakd.optim import FlowUpdate, NumpyUpdate
+
+    flow.manual_seed(0)
+    lin = flow.nn.Linear(3, 1)
+    w0, b0 = lin.weight.numpy().copy(), lin.bias.numpy().copy()
+    cls = NumpyUpdate if kind == "numpy" else FlowUpdate
+    up = cls(lin, lr=0.05, weight_decay=wd, total_steps=5, warmup_proportion=0.0, max_grad_norm=1e9,
+             variant="huggingface")
+    rng = np.random.default_rng(1)
+    gw = [rng.normal(scale=1e-3 * (s + 1), size=(1, 3)).astype(np.float32) for s in range(5)]
+    gb = [rng.normal(scale=1e-5, size=(1,)).astype(np.float32) if s != 1 else None for s in range(5)]
+    lrs = [up.lr]
+    for s in range(5):
+        lin.weight.grad = flow.tensor(gw[s])
+        lin.bias.grad = None if gb[s] is None else flow.tensor(gb[s])
+        up.gradients()
+        up.apply()
+        lrs.append(up.lr)
+    lr_of = lambda s: 0.05 * (5 - s) / 5  # warmup_linear(5, 0)
+    assert lrs[:5] == pytest.approx([lr_of(s) for s in range(5)])
+    np.testing.assert_allclose(lin.weight.numpy(), _hf_adamw_by_hand(w0, gw, lr_of, wd), rtol=1e-5, atol=1e-7)
+    # bias: "bias" is in BERT's no-decay group, and its skipped step moves nothing
+    np.testing.assert_allclose(lin.bias.numpy(), _hf_adamw_by_hand(b0, gb, lr_of, 0.0), rtol=1e-5, atol=1e-7)
+
+
+def test_huggingface_and_pytorch_adamw_differ_as_described():
+    """A tiny gradient (1e-5) at step 1, eps 1e-6: EasyNLP's update is about lr * 0.24 (its eps acts
+    as 3.2e-5), PyTorch's about lr * 0.91."""
+    from metakd.optim import NumpyUpdate
+
+    moves = {}
+    for variant in ("huggingface", "pytorch"):
+        lin = flow.nn.Linear(1, 1, bias=False)
+        before = float(lin.weight.numpy()[0, 0])
+        up = NumpyUpdate(lin, lr=1.0, weight_decay=0.0, total_steps=1, warmup_proportion=0.0, variant=variant)
+        lin.weight.grad = flow.tensor([[1e-5]])
+        up.gradients()
+        up.apply()
+        moves[variant] = before - float(lin.weight.numpy()[0, 0])
+    assert moves["huggingface"] == pytest.approx(1e-5 / (1e-5 + 1e-6 / np.sqrt(1e-3)), rel=1e-4)  # 0.240
+    assert moves["pytorch"] == pytest.approx(1e-5 / (1e-5 + 1e-6), rel=1e-4)                      # 0.909
+
+
+def test_huggingface_adamw_state_round_trip():
+    from metakd.optim import NumpyUpdate
+
+    def run(steps, state=None):
+        flow.manual_seed(0)
+        lin = flow.nn.Linear(2, 2)
+        up = NumpyUpdate(lin, lr=0.1, weight_decay=0.01, total_steps=6, warmup_proportion=0.0, variant="huggingface")
+        if state is not None:
+            up.load_state_dict(state[0])
+            lin.load_state_dict(state[1])
+        for s in steps:
+            lin.weight.grad = flow.full((2, 2), 0.01 * (s + 1))
+            lin.bias.grad = None if s == 1 else flow.full((2,), 0.02)
+            up.gradients()
+            up.apply()
+        return lin, up
+
+    whole, _ = run(range(4))
+    first, up = run(range(2))
+    assert up.param_steps == [2, 1]  # the bias skipped step 1
+    resumed, _ = run(range(2, 4), state=(up.state_dict(), {k: v.clone() for k, v in first.state_dict().items()}))
+    np.testing.assert_array_equal(resumed.weight.numpy(), whole.weight.numpy())
+    np.testing.assert_array_equal(resumed.bias.numpy(), whole.bias.numpy())
