@@ -14,10 +14,11 @@ MODELS_DIR="${MODELS_DIR:-models}"      # model folders (synthetic ones, or FETC
 # 1: also download the paper's pretrained pair (needs the internet): bert-base-uncased (teacher)
 # and huawei-noah/TinyBERT_General_4L_312D (student), as Hugging Face folders in MODELS_DIR.
 FETCH_MODELS="${FETCH_MODELS:-0}"
+COMPAT="${COMPAT:-none}"                # easynlp: EasyNLP's text and split files, byte for byte
 SYNTHETIC_SIZE="${SYNTHETIC_SIZE:-50}"    # synthetic only: reviews per domain and label
 
 run_metakd get_data --source "$SOURCE" --out "$DATA_DIR" --cache-dir "$CACHE_DIR" --models-out "$MODELS_DIR" \
-  --synthetic-size "$SYNTHETIC_SIZE"
+  --synthetic-size "$SYNTHETIC_SIZE" --compat "$COMPAT"
 if [ "$FETCH_MODELS" = 1 ]; then
   run_metakd get_data --fetch-model bert-base-uncased --models-out "$MODELS_DIR" --cache-dir "$CACHE_DIR"
   run_metakd get_data --fetch-model huawei-noah/TinyBERT_General_4L_312D --models-out "$MODELS_DIR" --cache-dir "$CACHE_DIR"

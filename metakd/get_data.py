@@ -107,16 +107,18 @@ def resolve_source(source: str, cache_dir: PathLike, models_out: PathLike, seed:
                     path=source)
 
 
-def write_splits(root: PathLike, out: PathLike) -> Dict[str, pd.DataFrame]:
-    """Parse ``root``, split it as EasyNLP does, write ``<out>/{train,dev,test}.tsv``."""
-    df = senti.load_sorted_data_acl(root)
+def write_splits(root: PathLike, out: PathLike, compat: str = "none") -> Dict[str, pd.DataFrame]:
+    """Parse ``root``, split it as EasyNLP does, write ``<out>/{train,dev,test}.tsv``
+    (``compat="easynlp"``: EasyNLP's text and file bytes, see senti.extract_reviews_easynlp)."""
+    df = senti.load_sorted_data_acl(root, compat=compat)
     for path, count in df.attrs.get("empty_reviews_skipped", {}).items():
         print(f"note: {path}: left out {count} empty review(s)")
     train, dev, test = senti.split_reference(df)
     splits = {"train": train, "dev": dev, "test": test}
     out = Path(out)
+    write = senti.write_split_tsv_easynlp if compat == "easynlp" else senti.write_split_tsv
     for name, frame in splits.items():
-        senti.write_split_tsv(frame, out / f"{name}.tsv")
+        write(frame, out / f"{name}.tsv")
     return splits
 
 
@@ -250,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hugging Face hub address for --fetch-model names (default: "
                              "$HF_ENDPOINT or %s)" % DEFAULT_HF_ENDPOINT)
     parser.add_argument("--revision", default="main", help="hub revision (default: %(default)s)")
+    parser.add_argument("--compat", default="none", choices=["none", "easynlp"],
+                        help="easynlp: the text and files EasyNLP's generate_senti_data.py writes, byte for byte "
+                             "(repeated paragraphs, glued lines, quotes); default: the reviews read cleanly")
     return parser
 
 
@@ -269,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           synthetic_size=args.synthetic_size, sha256=args.sha256,
                           retries=args.retries)
     print(f"reading {root}")
-    splits = write_splits(root, args.out)
+    splits = write_splits(root, args.out, args.compat)
     print(f"wrote {', '.join(str(Path(args.out) / f'{s}.tsv') for s in SPLITS)}")
     print(format_counts(splits))
     return 0

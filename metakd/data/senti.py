@@ -94,6 +94,50 @@ def _parse_review_file(path: Path) -> Tuple[List[str], int]:
     return reviews, empty
 
 
+def extract_reviews_easynlp(positive: PathLike, negative: PathLike) -> Tuple[List[str], List[str]]:
+    """One domain's reviews exactly as EasyNLP's ``generate_senti_data.py`` extracts them
+    (``COMPAT=easynlp``; docs/reference.md section 2.1), its quirks included:
+
+    * a review is the text between a line that is exactly ``<review_text>`` and one that is
+      exactly ``</review_text>``, both with their newline; it starts as one space;
+    * inside, a line longer than its newline loses the newline and, if it starts with a TAB,
+      its first and last characters; lines are appended with nothing between them;
+    * a blank line appends the last non-blank line again (the script's append sits outside its
+      length test), and that "last line" carries over from review to review and from the
+      positive file to the negative one;
+    * TABs become spaces; empty reviews are kept.
+
+    Returns the positive and the negative reviews in file order.
+    """
+    last: Optional[str] = None
+    result = []
+    for path in (Path(positive), Path(negative)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.readlines()
+        except UnicodeDecodeError as e:
+            raise UserError(f"not valid UTF-8 ({e.reason}); EasyNLP's script could not read it either", path=path) from e
+        except OSError as e:
+            raise UserError(f"cannot read: {e.strerror}", path=path) from e
+        reviews, inside, text = [], False, ""
+        for lineno, line in enumerate(lines, 1):
+            if line == "<review_text>\n":
+                inside, text = True, " "
+            elif line == "</review_text>\n":
+                inside = False
+                reviews.append(text.replace("\t", " "))
+            elif inside:
+                if len(line) > 1:
+                    last = line[:-1]
+                    if last[0] == "\t":
+                        last = last[1:-1]
+                if last is None:  # the script fails here too (its variable is not yet defined)
+                    raise UserError("a blank line before any text inside <review_text>", path=path, line=lineno)
+                text += last
+        result.append(reviews)
+    return result[0], result[1]
+
+
 def parse_review_file(path: PathLike) -> List[str]:
     """Texts of the reviews in one ``.review`` file, in file order.
 
@@ -126,8 +170,9 @@ def find_domain_dirs(root: PathLike) -> List[Path]:
     return found
 
 
-def load_sorted_data_acl(root: PathLike) -> pd.DataFrame:
-    """All labelled reviews under a ``sorted_data_acl`` folder.
+def load_sorted_data_acl(root: PathLike, compat: str = "none") -> pd.DataFrame:
+    """All labelled reviews under a ``sorted_data_acl`` folder (``compat="easynlp"``: with
+    EasyNLP's text, :func:`extract_reviews_easynlp`).
 
     Returns:
       A DataFrame with columns review, domain, sentiment: domains in sorted folder order, in
@@ -154,6 +199,11 @@ def load_sorted_data_acl(root: PathLike) -> pd.DataFrame:
             raise UserError(f"folders {seen[domain].name!r} and {d.name!r} both give domain "
                             f"label {domain!r} (the name up to the first '_')", path=root)
         seen[domain] = d
+        if compat == "easynlp":
+            texts = dict(zip(SENTI_LABELS, extract_reviews_easynlp(d / "positive.review", d / "negative.review")))
+            for sentiment in SENTI_LABELS:
+                records.extend((text, domain, sentiment) for text in texts[sentiment])
+            continue
         for sentiment in SENTI_LABELS:
             path = d / f"{sentiment}.review"
             reviews, empty = _parse_review_file(path)
@@ -366,6 +416,15 @@ def write_split_tsv(df: pd.DataFrame, path: PathLike) -> None:
             _check_field(v, column, path, i + 2)
     _validate_split_rows(frame, path)
     _write_tsv(frame.itertuples(index=False, name=None), SPLIT_COLUMNS, path)
+
+
+def write_split_tsv_easynlp(df: pd.DataFrame, path: PathLike) -> None:
+    """Write a split as EasyNLP's script does, byte for byte: pandas' ``to_csv(sep="\\t",
+    index=False)``, which quotes a review holding a ``"`` (and doubles the quotes inside).
+    EasyNLP's later stages, and metakd's readers, take those quotes as part of the text."""
+    _require_columns(df, SPLIT_COLUMNS, path)
+    with atomic_open(path) as f:
+        df[list(SPLIT_COLUMNS)].to_csv(f, sep="\t", index=False)
 
 
 def read_split_tsv(path: PathLike, domains: Optional[Sequence[str]] = None) -> pd.DataFrame:
