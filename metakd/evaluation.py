@@ -35,16 +35,20 @@ def predict_logits(model, enc: Encoded, batch_size: int, device, compat: str = "
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_names: Sequence[str]) -> Dict[str, float]:
-    """accuracy, macro-F1 (over all labels, present or not), mean cross-entropy, n."""
+    """accuracy, macro-F1 (over all labels, present or not), mean cross-entropy, n; with two labels
+    also ``binary_f1``, the F1 of label id 1, which is what EasyNLP reports as F1."""
     preds = logits.argmax(axis=1)
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return {
+    out = {
         "accuracy": float(accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, labels=list(range(len(label_names))), average="macro", zero_division=0)),
         "loss": float(-logp[np.arange(len(labels)), labels].mean()),
         "n": int(len(labels)),
     }
+    if len(label_names) == 2:
+        out["binary_f1"] = float(f1_score(labels, preds, pos_label=1, average="binary", zero_division=0))
+    return out
 
 
 def evaluate(model, enc: Encoded, label_names: Sequence[str], batch_size: int, device, compat: str = "none",

@@ -47,6 +47,7 @@ def test_classification_metrics_hand_example():
     m = classification_metrics(labels, logits, ["positive", "negative"])
     assert m["accuracy"] == pytest.approx(0.6)
     assert m["macro_f1"] == pytest.approx((4 / 6 + 2 / 4) / 2)
+    assert m["binary_f1"] == pytest.approx(2 / 4)  # EasyNLP's F1: label id 1's (tp 1, fp 0, fn 2)
 
 
 def test_classification_metrics_absent_label_counts_as_zero():
