@@ -280,7 +280,8 @@ def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
                             "recorded ones (config.json) or choose another --run-dir", lay.run)
         commit = code_commit()
         if commit and commit not in saved.get("commits", []):
-            print(f"note: this run dir has cells from commits {', '.join(saved.get('commits', []))}; now {commit}")
+            print(f"note: this run dir has cells from commits {', '.join(saved.get('commits', [])) or '(not recorded)'}; "
+                  f"now {commit}")
             saved["commits"] = saved.get("commits", []) + [commit]
             from metakd.fileio import write_json
             write_json(path, saved)
