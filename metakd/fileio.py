@@ -231,6 +231,39 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(folder: PathLike) -> Iterator[Path]:
+    """Files that belong together appear together or not at all: write them into the yielded
+    staging folder (inside ``folder``, so on the same file system); on success each one replaces
+    its namesake in ``folder`` by a rename, which cannot fail for lack of space; on any failure
+    before that (a full disk, a folder in the way, a kill) the old set is left as it was."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from metakd.errors import UserError
+
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise UserError(f"cannot write here: {e.strerror}; choose another folder", path=folder) from None
+    try:
+        try:
+            yield stage
+        except OSError as e:  # a full disk, a read-only folder: one line, the old set kept
+            raise UserError(f"cannot write the outputs ({e.strerror}); nothing was replaced; free some space or "
+                            "choose another folder", path=folder) from None
+        names = sorted(p.name for p in stage.iterdir())
+        for name in names:  # checked before the first rename, so that none happens
+            if (folder / name).is_dir():
+                raise UserError("a folder is in the way of an output file; move it", path=folder / name)
+        _set_default_modes(stage)
+        _fsync_tree(stage)
+        for name in names:
+            os.replace(stage / name, folder / name)
+        _fsync_dir(folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------ output locks
 
 # Locks this process holds: lock file -> [open file, depth]. A flock belongs to an open file, so a

@@ -26,7 +26,7 @@ import pandas as pd
 from metakd import download
 from metakd.data import senti, synthetic
 from metakd.errors import UserError, cli_main
-from metakd.fileio import atomic_dir, write_json
+from metakd.fileio import atomic_dir, atomic_files, write_json
 
 PathLike = Union[str, os.PathLike]
 
@@ -117,8 +117,9 @@ def write_splits(root: PathLike, out: PathLike, compat: str = "none") -> Dict[st
     splits = {"train": train, "dev": dev, "test": test}
     out = Path(out)
     write = senti.write_split_tsv_easynlp if compat == "easynlp" else senti.write_split_tsv
-    for name, frame in splits.items():
-        write(frame, out / f"{name}.tsv")
+    with atomic_files(out) as stage:  # the three files are one split: all new or all old
+        for name, frame in splits.items():
+            write(frame, stage / f"{name}.tsv")
     return splits
 
 

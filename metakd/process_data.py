@@ -16,7 +16,7 @@ import numpy as np
 
 from metakd import cli
 from metakd.errors import UserError, cli_main
-from metakd.fileio import atomic_open, write_json
+from metakd.fileio import atomic_files, atomic_open, write_json
 
 
 def build_parser():
@@ -64,13 +64,6 @@ def main(argv=None) -> int:
         return 0  # under the launcher every process has all embeddings; the first one writes
     train["weight"] = scores
 
-    write_standard_tsv(train, a.data_dir / cli.TRAIN_FILE)
-    write_standard_tsv(split_to_standard(splits["dev"], "dev"), a.data_dir / cli.DEV_FILE)
-    write_standard_tsv(split_to_standard(splits["test"], "test"), a.data_dir / cli.TEST_FILE)
-    if a.save_embeddings:
-        with atomic_open(a.data_dir / "train.embeddings.npy", "wb") as f:
-            np.save(f, emb)
-
     rows = []
     for d in proc.domains:
         s = scores[train["domain"].to_numpy() == d]
@@ -78,10 +71,17 @@ def main(argv=None) -> int:
             rows.append({"domain": d, "n": len(s), "mean": f"{s.mean():.4f}", "min": f"{s.min():.4f}", "max": f"{s.max():.4f}"})
     print(f"prototype scores ({len(train)} training examples, {seconds:.1f} s, {len(train) / seconds:.1f} samples/s):")
     cli.print_table(rows, ["domain", "n", "mean", "min", "max"])
-    write_json(a.data_dir / "prototypes.json", {
-        "teacher_model": str(a.teacher_model), "compat": a.compat, "max_seq_length": a.max_seq_length,
-        "per_domain": rows, "embedding_seconds": round(seconds, 3),
-        "files": [cli.TRAIN_FILE, cli.DEV_FILE, cli.TEST_FILE]})
+    with atomic_files(a.data_dir) as stage:  # the standard files and prototypes.json: all new or all old
+        write_standard_tsv(train, stage / cli.TRAIN_FILE)
+        write_standard_tsv(split_to_standard(splits["dev"], "dev"), stage / cli.DEV_FILE)
+        write_standard_tsv(split_to_standard(splits["test"], "test"), stage / cli.TEST_FILE)
+        if a.save_embeddings:
+            with atomic_open(stage / "train.embeddings.npy", "wb") as f:
+                np.save(f, emb)
+        write_json(stage / "prototypes.json", {
+            "teacher_model": str(a.teacher_model), "compat": a.compat, "max_seq_length": a.max_seq_length,
+            "per_domain": rows, "embedding_seconds": round(seconds, 3),
+            "files": [cli.TRAIN_FILE, cli.DEV_FILE, cli.TEST_FILE]})
     print(f"wrote {a.data_dir / cli.TRAIN_FILE}, {cli.DEV_FILE}, {cli.TEST_FILE}")
     return 0
 

@@ -435,3 +435,49 @@ def test_nproc_must_be_a_whole_number(tmp_path, value):
     p = subprocess.run(["bash", "3_train_teacher.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.strip() == f"error: 3_train_teacher.sh: NPROC={value}; it must be a whole number >= 1"
     assert not (tmp_path / "out").exists()
+
+
+# Outputs that belong together appear together or not at all (second pass, item 2).
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_get_data_split_set_all_or_nothing(tmp_path, monkeypatch):
+    from _tiny import call_main
+    from metakd.data import senti
+
+    out = tmp_path / "data"
+    code, _, err = call_main("metakd.get_data", ["--source", "synthetic", "--out", out, "--models-out",
+                                                 tmp_path / "models", "--synthetic-size", "12"])
+    assert code == 0, err
+    before = _snapshot(out)
+    real = senti.write_split_tsv
+    calls = []
+
+    def disk_full_on_second(frame, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(frame, path)
+
+    monkeypatch.setattr(senti, "write_split_tsv", disk_full_on_second)
+    code, _, err = call_main("metakd.get_data", ["--source", "synthetic", "--out", out, "--models-out",
+                                                 tmp_path / "models", "--synthetic-size", "14"])
+    assert code == 2 and "No space left on device" in err and "nothing was replaced" in err
+    assert _snapshot(out) == before  # train.tsv was written (staged) but not swapped in
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_process_data_set_all_or_nothing_with_a_folder_in_the_way(tmp_path):
+    from _tiny import SEQ, call_main, copy_data, tiny
+
+    data = copy_data(tmp_path / "data")
+    before = _snapshot(data)
+    (data / "prototypes.json").unlink()
+    (data / "prototypes.json").mkdir()  # a folder where one of the outputs goes
+    code, _, err = call_main("metakd.process_data", ["--data-dir", data, "--teacher-model", tiny().teacher,
+                                                     "--max-seq-length", SEQ, "--no-progress", "--device", "cpu"])
+    assert code == 2 and err.startswith("error: ") and "a folder is in the way" in err, err
+    after = _snapshot(data)
+    before.pop("prototypes.json")
+    assert after == before  # the standard files of the earlier run, untouched
