@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -20,8 +22,43 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
     pass
 
 
+# The numbered scripts' variables behind options whose name differs from the variable's
+# (otherwise the variable is the option in capitals: --compat -> COMPAT, --batch-size -> BATCH_SIZE).
+SCRIPT_VARIABLES = {
+    "3_train_teacher.sh": {"--model": "TEACHER_MODEL", "--out": "TEACHER_DIR", "--epochs": "TEACHER_EPOCHS",
+                           "--lr": "TEACHER_LR", "--genre": "TEACHER_GENRE"},
+    "4_student_first.sh": {"--student": "STUDENT_MODEL", "--teacher": "TEACHER_DIR", "--out": "STAGE1_DIR",
+                           "--epochs": "STAGE1_EPOCHS", "--lr": "STAGE1_LR"},
+    "5_student_second.sh": {"--student": "STAGE1_DIR", "--teacher": "TEACHER_DIR", "--out": "STUDENT_DIR",
+                            "--epochs": "STAGE2_EPOCHS", "--lr": "STAGE2_LR", "--model": "STUDENT_MODEL"},
+    "2_process_data.sh": {"--teacher-model": "TEACHER_MODEL", "--batch-size": "EMBED_BATCH_SIZE"},
+    "6_eval.sh": {"--out-root": "OUT_DIR", "--student": "STUDENT_DIR", "--teacher": "TEACHER_DIR"},
+    "1_get_data.sh": {"--out": "DATA_DIR", "--models-out": "MODELS_DIR"},
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, exit 2, naming the script variable
+    when a numbered script (``METAKD_SCRIPT``, set by tools/common.sh) passed the option; and
+    negative numbers in exponent form (``-1e-3``) read as values, not as options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+    def error(self, message):
+        script = os.environ.get("METAKD_SCRIPT")
+        hint = f"see {self.prog} --help"
+        if script:
+            flag = next((w for w in re.findall(r"--[a-z0-9-]+", message)), None)
+            if flag:
+                var = SCRIPT_VARIABLES.get(script, {}).get(flag, flag[2:].upper().replace("-", "_"))
+                hint = f"check {var} (bash {script} --help lists the variables)"
+        self.exit(2, f"error: {script or self.prog}: {message}; {hint}\n")
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=Formatter)
+    return Parser(prog=prog, description=description, formatter_class=Formatter)
 
 
 def check_batch_size(a: argparse.Namespace) -> None:

@@ -206,7 +206,9 @@ def fetch_model(name_or_url: str, models_out: PathLike, cache_dir: PathLike,
 # ------------------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from metakd.cli import Parser
+
+    parser = Parser(
         prog="python -m metakd.get_data",
         description="Get the Amazon multi-domain sentiment data (SENTI) and write the EasyNLP "
                     "train/dev/test split (6480/720/800 reviews) as TSV files; optionally "

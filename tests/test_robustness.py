@@ -481,3 +481,26 @@ def test_process_data_set_all_or_nothing_with_a_folder_in_the_way(tmp_path):
     after = _snapshot(data)
     before.pop("prototypes.json")
     assert after == before  # the standard files of the earlier run, untouched
+
+
+# argparse's own errors: one line naming the script variable (second pass, item 5).
+@pytest.mark.parametrize("script,var,value,msg", [
+    ("3_train_teacher.sh", "COMPAT", "garbage", "check COMPAT"),
+    ("6_eval.sh", "SPLIT", "train", "check SPLIT"),
+    ("3_train_teacher.sh", "TEACHER_EPOCHS", "1.5", "check TEACHER_EPOCHS"),
+    ("4_student_first.sh", "STAGE1_EPOCHS", "x", "check STAGE1_EPOCHS"),
+    ("4_student_first.sh", "SEED", "abc", "check SEED"),
+    ("3_train_teacher.sh", "TEACHER_LR", "-1e-3", "learning rate must be in (0, 1), got -0.001"),
+])
+def test_script_option_errors_are_one_line_naming_the_variable(tmp_path, script, var, value, msg):
+    import subprocess
+    import sys
+
+    from _tiny import ROOT
+
+    env = dict(os.environ, METAKD_PYTHON=sys.executable, OUT_DIR=str(tmp_path / "out"), DATA_DIR=str(tmp_path / "d"),
+               **{var: value})
+    p = subprocess.run(["bash", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
+    assert not (tmp_path / "out").exists()

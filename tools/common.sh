@@ -18,6 +18,7 @@ if [ -z "${METAKD_PYTHON:-}" ]; then
   METAKD_PYTHON="$METAKD_ROOT/.venv/bin/python"
 fi
 export PYTHONPATH="$METAKD_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export METAKD_SCRIPT="$(basename "$0")"  # names the script and its variables in option errors
 export GLOG_minloglevel="${GLOG_minloglevel:-2}"
 
 # run_metakd MODULE ARGS...: one process, or NPROC processes with OneFlow's launcher (training
