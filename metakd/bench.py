@@ -727,6 +727,9 @@ def _main(argv=None) -> int:
         raise UserError(f"--iters must be >= 1 and --warmup >= 0, got {a.iters} and {a.warmup}")
     if a.batch_size < 1 or (a.infer_batch_size is not None and a.infer_batch_size < 1) or a.seq_length < 3:
         raise UserError("--batch-size and --infer-batch-size must be >= 1 and --seq-length >= 3")
+    for out in (a.json, getattr(a, "result_file", None)):  # before the benchmark runs, not after
+        if out and Path(out).is_dir():
+            raise UserError("is a folder; give a file name for the results", out)
     a.teacher, a.student = a.teacher.resolve(), a.student.resolve()
     from metakd.runtime import flow, resolve_device
 

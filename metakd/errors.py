@@ -1,6 +1,7 @@
 """User-facing errors: one line naming the file, what is wrong and how to fix it; exit code 2."""
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable, Optional, TypeVar
@@ -34,6 +35,20 @@ def one_line(text: str) -> str:
     return "".join(out)
 
 
+# Output problems the user fixes (a full disk, a read-only folder, a file or folder in the way): one
+# line instead of a traceback. Writers replace outputs atomically, so the earlier ones are intact.
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space (earlier outputs are unchanged)",
+    errno.EDQUOT: "the disk quota is exceeded; free some space (earlier outputs are unchanged)",
+    errno.EACCES: "no permission to write here; choose another folder",
+    errno.EPERM: "not permitted here; choose another folder",
+    errno.EROFS: "the file system is read-only; choose another folder",
+    errno.EISDIR: "a folder is in the way of an output file; move it or choose another path",
+    errno.ENOTDIR: "a file is in the way of an output folder; move it or choose another path",
+    errno.EEXIST: "a file is in the way of an output folder; move it or choose another path",
+}
+
+
 def cli_main(func: F) -> F:
     """Wrap an entry point: a UserError becomes ``error: ...`` on stderr and exit code 2."""
 
@@ -43,6 +58,13 @@ def cli_main(func: F) -> F:
             return func(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as e:
+            fix = _OS_FIXES.get(e.errno)
+            if fix is None:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {one_line(where + (e.strerror or str(e)))}; {fix}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted; rerun the same command to continue a training stage from its last saved state",

@@ -504,3 +504,42 @@ def test_script_option_errors_are_one_line_naming_the_variable(tmp_path, script,
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], p.stderr
     assert not (tmp_path / "out").exists()
+
+
+# Output problems outside training: one line, exit 2 (second pass, items 1 and 3).
+def test_output_under_a_file_is_one_line(tmp_path):
+    from _tiny import call_main
+
+    (tmp_path / "afile").write_text("x")
+    code, _, err = call_main("metakd.get_data", ["--source", "synthetic", "--out", tmp_path / "afile" / "data",
+                                                 "--models-out", tmp_path / "models", "--cache-dir", tmp_path / "c",
+                                                 "--synthetic-size", "12"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "a file is in the way" in lines[0], err
+
+
+def test_bench_json_folder_refused_before_work(tmp_path):
+    from _tiny import call_main
+
+    code, out, err = call_main("metakd.bench", ["--json", tmp_path, "--iters", "1"])
+    assert code == 2 and "give a file name" in err and "samples/s" not in out
+
+
+def test_full_disk_while_saving_is_one_line(monkeypatch, tmp_path):
+    """OneFlow's saver failing with ENOSPC in the middle of a resumable state: one line, exit 2,
+    nothing published."""
+    import errno
+
+    from _tiny import call_main, teacher_args
+    from metakd.runtime import flow
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "t.resume"))
+
+    monkeypatch.setattr(flow, "save", full)
+    out = tmp_path / "t"
+    code, _, err = call_main("metakd.train_teacher", teacher_args(out, "--epochs", "1", "--batch-size", "8",
+                                                                  "--save-every", "2", "--eval-every", "0"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], err
+    assert not out.exists()
