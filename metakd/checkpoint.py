@@ -250,7 +250,21 @@ def check_model_folder(folder: "str | Path", need_vocab: bool = True, metakd: Op
         check_safetensors(folder / WEIGHTS)
     if need_vocab and not (folder / VOCAB).is_file():
         raise UserError(f"no {VOCAB} in the model folder; it is incomplete: {remedy(folder)}", folder)
+    if need_vocab:
+        check_vocab_size(folder, read_config(folder).vocab_size)
     return layout
+
+
+def check_vocab_size(folder: Path, vocab_size: int) -> None:
+    """A vocab.txt longer than the embedding table gives ids past its end, which OneFlow's CPU
+    embedding reads as zero vectors instead of failing: refuse it. A shorter one only leaves
+    rows unused (some checkpoints pad the table)."""
+    with open(folder / VOCAB, "rb") as f:
+        entries = sum(1 for line in f if line.strip())
+    if entries > vocab_size:
+        raise UserError(f"{VOCAB} has {entries} entries but config.json's vocab_size is {vocab_size}: token ids "
+                        f"past {vocab_size - 1} would read no embedding; use the {VOCAB} that came with these weights",
+                        folder / VOCAB)
 
 
 # ---------------------------------------------------------------------------------------------

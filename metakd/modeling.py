@@ -67,6 +67,17 @@ class BertConfig:
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a "64" or 64.0 in config.json would fail later, obscurely
+            v = getattr(self, f.name)
+            if v is None and f.name == "pad_token_id":
+                continue
+            if f.type in ("int", int) and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise UserError(f"{f.name} must be a whole number >= 0, got {v!r}; fix config.json")
+            if f.type in ("float", float) and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                                or not math.isfinite(v) or v < 0):
+                raise UserError(f"{f.name} must be a number >= 0, got {v!r}; fix config.json")
+        if self.num_attention_heads < 1 or self.hidden_size < 1 or self.num_hidden_layers < 1:
+            raise UserError("hidden_size, num_hidden_layers and num_attention_heads must be >= 1; fix config.json")
         if self.hidden_size % self.num_attention_heads:
             raise UserError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "

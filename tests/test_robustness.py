@@ -543,3 +543,38 @@ def test_full_disk_while_saving_is_one_line(monkeypatch, tmp_path):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], err
     assert not out.exists()
+
+
+# Model folders that load but would compute something else (second pass, item 7).
+def test_vocab_longer_than_the_embedding_table_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from _tiny import call_main, teacher_args, tiny
+
+    model = Path(shutil.copytree(tiny().teacher, tmp_path / "teacher"))
+    size = json.loads((model / "config.json").read_text())["vocab_size"]
+    with open(model / "vocab.txt", "a") as f:
+        f.write("".join(f"extra{i}\n" for i in range(5)))
+    code, _, err = call_main("metakd.train_teacher", [*teacher_args(tmp_path / "out")[:2], "--model", model,
+                                                      *teacher_args(tmp_path / "out")[4:]])
+    assert code == 2 and f"has {size + 5} entries but config.json's vocab_size is {size}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,value", [("hidden_size", "64"), ("num_hidden_layers", 2.5), ("layer_norm_eps", "x"),
+                                       ("hidden_dropout_prob", -0.1)])
+def test_config_value_of_the_wrong_type_is_one_line(tmp_path, key, value):
+    import json
+    import shutil
+
+    from _tiny import call_main, teacher_args, tiny
+
+    model = Path(shutil.copytree(tiny().teacher, tmp_path / "teacher"))
+    cfg = json.loads((model / "config.json").read_text())
+    cfg[key] = value
+    (model / "config.json").write_text(json.dumps(cfg))
+    code, _, err = call_main("metakd.train_teacher", [*teacher_args(tmp_path / "out")[:2], "--model", model,
+                                                      *teacher_args(tmp_path / "out")[4:]])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and key in lines[0] and "fix config.json" in lines[0], err
