@@ -213,26 +213,6 @@ def main(argv=None) -> int:
                 t_dom = teacher_fit(t_dom)
             return ([t_att[i] for _, i in att_pairs], [t.backbone.hidden_states[i] for _, i in hid_pairs], t_dom, t.logits)
 
-        cache = None
-        if compat != "easynlp" and a.teacher_cache_gb > 0:
-            # The frozen teacher gives the same targets every epoch: compute them once (docs/design.md section 8.2).
-            from metakd.modeling import parameter_views
-            from metakd.teacher_cache import Stage1TeacherCache, describe
-
-            spill = a.out.parent / f".{a.out.name}.teacher-cache"
-            t0 = time.perf_counter()
-            with parameter_views(list(teacher.parameters()) + list(teacher_fit.parameters() if teacher_fit else [])):
-                cache = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
-                                                 len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
-                                                 budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
-                                                 progress=not a.no_progress)
-            if cache is None:
-                print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
-                      "beside --out; the teacher runs every step")
-            else:
-                print(f"teacher targets cached once for all epochs: {describe(cache.layout.nbytes)} in {cache.where}, "
-                      f"{time.perf_counter() - t0:.1f} s")
-
         def step_loss(batch, step):
             ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
             s = student(ids, mask, types, compat=compat, output_hidden_states=True,
@@ -284,8 +264,31 @@ def main(argv=None) -> int:
 
         evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)
 
+    def build_cache():
+        """Stage 1's frozen teacher gives the same targets every epoch: compute them once
+        (docs/design.md section 8.2); None when they fit neither memory nor disk, or in compat."""
+        if compat == "easynlp" or a.teacher_cache_gb <= 0:
+            return None
+        from metakd.modeling import parameter_views
+        from metakd.teacher_cache import Stage1TeacherCache, describe
+
+        spill = a.out.parent / f".{a.out.name}.teacher-cache"
+        t0 = time.perf_counter()
+        with parameter_views(list(teacher.parameters()) + list(teacher_fit.parameters() if teacher_fit else [])):
+            built = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
+                                             len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
+                                             budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
+                                             progress=not a.no_progress)
+        if built is None:
+            print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
+                  "beside --out; the teacher runs every step")
+        else:
+            print(f"teacher targets cached once for all epochs: {describe(built.layout.nbytes)} in {built.where}, "
+                  f"{time.perf_counter() - t0:.1f} s")
+        return built
+
     role = "student_first" if a.stage == "first" else "student_second"
-    stage1_logits = cache.logits if a.stage == "first" and cache is not None else None  # close() keeps them
+    stage1_logits = None
 
     def save(folder, results):
         info = student.metakd_info(role, proc.labels, proc.domains, a.task)
@@ -312,6 +315,10 @@ def main(argv=None) -> int:
                                                                      and a.domain_term and a.attention_term) else {}),
                                    **({"recipe": [a.alpha, a.t_squared]}
                                       if a.stage == "second" and (a.alpha or a.t_squared) else {})})
+    if a.stage == "first":
+        trainer.check_saved_state()  # a state this run would refuse: now, not after building the cache
+        cache = build_cache()
+        stage1_logits = cache.logits if cache is not None else None  # close() keeps them
     try:
         results = trainer.fit()
     finally:

@@ -167,6 +167,18 @@ def seed_step(seed: int, rank: int, step: int, generators: Sequence) -> None:
             g.manual_seed(int(value >> np.uint64(1)))
 
 
+def _tree_sha256(path: Path) -> str:
+    """One SHA-256 over the files under ``path`` (OneFlow saves a state as a folder), names included."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def data_fingerprint(data: Encoded) -> str:
     """A hash of the encoded training data: a saved state is resumed only on the same data."""
     h = hashlib.sha256()
@@ -253,7 +265,26 @@ class Trainer:
             flow.save(self.update.state_dict(), str(tmp / "optim"))
             write_json(tmp / "progress.json", {
                 "fingerprint": self.fingerprint, "weights_sha256": sha256_file(tmp / "model.safetensors"),
+                "optim_sha256": _tree_sha256(tmp / "optim"),
                 "rng": "re-seeded every step from (seed, rank, step)", "progress": asdict(self.progress)})
+
+    def _check_fingerprint(self, saved: dict) -> None:
+        if saved.get("fingerprint") != self.fingerprint:
+            raise UserError("a saved training state of a run with other settings or data is here; pass --restart (or "
+                            f"delete {self.resume_dir}) to start this run from scratch, or rerun the original command "
+                            "to continue it", self.resume_dir)
+
+    def check_saved_state(self) -> None:
+        """Before costly preparation (stage 1's teacher cache): a saved state this run would refuse
+        to resume is an error now, not after the preparation."""
+        path = self.state_dir / "progress.json"
+        if not self.args.resume or not path.exists():
+            return
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            raise self._damaged("progress.json unreadable") from None
+        self._check_fingerprint(saved)
 
     def _damaged(self, what: str) -> UserError:
         return UserError(f"the saved training state is damaged ({what}); delete {self.resume_dir} or pass --restart to "
@@ -270,11 +301,10 @@ class Trainer:
             progress = Progress(**saved["progress"])
         except (ValueError, OSError, KeyError, TypeError):
             raise self._damaged("progress.json unreadable") from None
-        if saved.get("fingerprint") != self.fingerprint:
-            raise UserError("a saved training state of a run with other settings or data is here; pass --restart (or "
-                            f"delete {self.resume_dir}) to start this run from scratch, or rerun the original command "
-                            "to continue it", self.resume_dir)
+        self._check_fingerprint(saved)
         fix = f"delete {self.resume_dir} or pass --restart to start over"
+        if "optim_sha256" in saved and _tree_sha256(d / "optim") != saved["optim_sha256"]:
+            raise self._damaged("the optimizer state's checksum does not match")
         arrays = read_safetensors(d / "model.safetensors", saved.get("weights_sha256"), fix=fix)
         report = assign_state_dict(self.model, arrays, d, "resume")
         if report.missing or report.unexpected:

@@ -170,6 +170,32 @@ def test_damaged_resume_state_is_a_clear_error(tmp_path):
         trainer.fit()
 
 
+def test_damaged_optimizer_state_is_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    trainer, _ = make_trainer(out, crash_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    optim = tmp_path / f"run{RESUME_SUFFIX}" / STATE / "optim"
+    victim = max((p for p in optim.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the moments: it would resume silently without a checksum
+    victim.write_bytes(bytes(data))
+    trainer, _ = make_trainer(out)
+    with pytest.raises(UserError, match="optimizer state's checksum does not match.*--restart"):
+        trainer.fit()
+
+
+def test_check_saved_state_refuses_other_settings_before_work(tmp_path):
+    out = tmp_path / "run"
+    trainer, _ = make_trainer(out, crash_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    make_trainer(out)[0].check_saved_state()  # the same settings: fine
+    with pytest.raises(UserError, match="other settings or data"):
+        make_trainer(out, lr=0.01)[0].check_saved_state()
+    make_trainer(out, lr=0.01, resume=False)[0].check_saved_state()  # --restart: nothing to check
+
+
 def test_dropout_generators_are_reseeded_per_step():
     """OneFlow gives every Dropout its own generator with one fixed seed: without re-seeding, a resumed
     run would replay the masks of step 0, and every layer would share one mask stream."""
