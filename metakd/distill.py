@@ -145,6 +145,13 @@ def main(argv=None) -> int:
     compat = a.compat
     device = resolve_device(a.device)
 
+    # Earlier steps first: a missing folder names the script that makes it.
+    if not a.teacher.exists():
+        raise UserError("no teacher here; run 3_train_teacher.sh first (or point TEACHER_DIR at a trained teacher)",
+                        a.teacher)
+    if a.stage == "second" and not a.student.exists():
+        raise UserError("no stage-1 student here; run 4_student_first.sh first (or SKIP_STAGE1=1 to start from "
+                        "STUDENT_MODEL)", a.student)
     # Shapes first: a pair that cannot be distilled fails before anything is loaded or trained.
     check_model_folder(a.teacher, metakd=True)
     student_layout = check_model_folder(a.student)

@@ -66,7 +66,11 @@ def main(argv=None) -> int:
         models.append((g, "student", folder))
         if not a.no_teacher:
             models.append((g, "meta-teacher", teacher_dir))
-    for _, _, folder in models:  # every folder and every genre's rows checked before any work
+    for _, role, folder in models:  # every folder and every genre's rows checked before any work
+        if not Path(folder).exists():
+            step = "5_student_second.sh" if role == "student" else "3_train_teacher.sh"
+            raise UserError(f"no {role} here; run {step} first (or point "
+                            f"{'STUDENT_DIR' if role == 'student' else 'TEACHER_DIR'} at one)", folder)
         check_model_folder(folder, metakd=True)
         read_metakd_info(folder)
     for g in genres:

@@ -111,6 +111,10 @@ def write_splits(root: PathLike, out: PathLike, compat: str = "none") -> Dict[st
     """Parse ``root``, split it as EasyNLP does, write ``<out>/{train,dev,test}.tsv``
     (``compat="easynlp"``: EasyNLP's text and file bytes, see senti.extract_reviews_easynlp)."""
     df = senti.load_sorted_data_acl(root, compat=compat)
+    found = sorted(set(df["domain"]))
+    if found != sorted(senti.SENTI_DOMAINS):
+        print(f"note: {root} holds the genres {', '.join(found)}, not the four of the Amazon reviews "
+              f"({', '.join(senti.SENTI_DOMAINS)}): the split is smaller than 6,480 / 720 / 800")
     for path, count in df.attrs.get("empty_reviews_skipped", {}).items():
         print(f"note: {path}: left out {count} empty review(s)")
     train, dev, test = senti.split_reference(df)

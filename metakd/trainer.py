@@ -118,6 +118,9 @@ def check_output_dir(out_dir: Path) -> None:
             raise UserError("the output folder exists and holds files that metakd did not write (no config.json with a "
                             "'metakd' section); it would be replaced, so choose a new or empty folder", out_dir)
     parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
+    blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError("a file is in the way of the output folder; move it or choose another output folder", blocker)
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise UserError("no permission to write here; choose another output folder", parent)
 

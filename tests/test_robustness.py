@@ -386,7 +386,8 @@ def test_evaluate_and_process_data_check_inputs_first(tiny_ckpt, tmp_path):
     _fails_cleanly("metakd.evaluate", ["--genre", "all", "--out-root", tmp_path, "--data-dir", t.data, "--device", "cpu"],
                    "no students found")
     _fails_cleanly("metakd.evaluate", ["--genre", "books", "--data-dir", t.data, "--student", tmp_path / "none",
-                                       "--teacher", teacher, "--device", "cpu"], tmp_path / "none", "not found")
+                                       "--teacher", teacher, "--device", "cpu"], tmp_path / "none",
+                   "no student here; run 5_student_second.sh first")  # the step to run, not "a BERT folder"
     data = Path(shutil.copytree(t.data, tmp_path / "data"))
     _fails_cleanly("metakd.process_data", ["--data-dir", data, "--teacher-model", tmp_path / "nomodel", "--max-seq-length",
                                            SEQ, "--device", "cpu"], tmp_path / "nomodel", "model folder not found")
@@ -578,3 +579,35 @@ def test_config_value_of_the_wrong_type_is_one_line(tmp_path, key, value):
                                                       *teacher_args(tmp_path / "out")[4:]])
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and key in lines[0] and "fix config.json" in lines[0], err
+
+
+# Messages that name the right fix (second pass, item 8).
+def test_missing_earlier_outputs_name_the_script_to_run(tiny_ckpt, tmp_path):
+    from _tiny import SEQ
+
+    t, teacher = tiny_ckpt
+    base = ["--genre", "books", "--data-dir", t.data, "--max-seq-length", SEQ, "--device", "cpu"]
+    _fails_cleanly("metakd.distill", ["--stage", "second", *base, "--teacher", teacher, "--student",
+                                      tmp_path / "books" / "meta_student_pretrain", "--out", tmp_path / "s2"],
+                   "run 4_student_first.sh first", out=tmp_path / "s2")
+    _fails_cleanly("metakd.distill", ["--stage", "first", *base, "--teacher", tmp_path / "meta_teacher", "--student",
+                                      t.student, "--out", tmp_path / "s1"], "run 3_train_teacher.sh first",
+                   out=tmp_path / "s1")
+    (tmp_path / "afile").write_text("x")
+    _fails_cleanly("metakd.distill", ["--stage", "first", *base, "--teacher", teacher, "--student", t.student,
+                                      "--out", tmp_path / "afile" / "s1"], "a file is in the way")
+
+
+def test_source_with_some_genres_is_said(tmp_path):
+    import shutil
+
+    from _tiny import call_main
+
+    code, _, err = call_main("metakd.get_data", ["--source", "synthetic", "--out", tmp_path / "d0", "--models-out",
+                                                 tmp_path / "m", "--cache-dir", tmp_path / "c", "--synthetic-size", "12"])
+    assert code == 0, err
+    src = next((tmp_path / "c").rglob("sorted_data_acl"))
+    part = Path(shutil.copytree(src, tmp_path / "part"))
+    shutil.rmtree(next(p for p in part.iterdir() if p.name.startswith("dvd")))
+    code, out, err = call_main("metakd.get_data", ["--source", part, "--out", tmp_path / "d1"])
+    assert code == 0 and "holds the genres books, electronics, kitchen, not the four" in out, out + err
