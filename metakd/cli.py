@@ -46,6 +46,14 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
+    def parse_args(self, args=None, namespace=None):
+        a = super().parse_args(args, namespace)
+        if getattr(a, "cpu_kernels", None) is not None:  # the one place the choice is applied
+            from metakd.modeling import set_cpu_kernels
+
+            set_cpu_kernels(a.cpu_kernels)
+        return a
+
     def error(self, message):
         script = os.environ.get("METAKD_SCRIPT")
         hint = f"see {self.prog} --help"
@@ -78,6 +86,10 @@ def add_common(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step and process")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    g.add_argument("--cpu-kernels", choices=["numpy", "oneflow"],
+                   default="oneflow" if os.environ.get("METAKD_CPU_MATMUL") == "oneflow" else "numpy",
+                   help="on CPU: numpy (BLAS and numpy autograd Functions, faster) or oneflow (OneFlow's own kernels, "
+                        "the code that runs on CUDA); the same function to float rounding")
 
 
 def add_training(p: argparse.ArgumentParser, epochs: int, eval_every: int = 50) -> None:

@@ -172,6 +172,21 @@ class LayerNorm(nn.Module):
 # each process gets OMP_NUM_THREADS=1, which OpenBLAS follows; one process uses every core.
 # METAKD_CPU_MATMUL=oneflow (benchmarks) keeps OneFlow's own matmul.
 _CPU_MATMUL = os.environ.get("METAKD_CPU_MATMUL", "blas")
+CPU_KERNELS = ("numpy", "oneflow")
+
+
+def set_cpu_kernels(name: str) -> None:
+    """The one switch of the CPU kernels, for every module that reads it (layers, losses, the update):
+    ``numpy`` (the default: BLAS matmuls and the numpy autograd Functions) or ``oneflow`` (OneFlow's
+    own CPU kernels, the code that runs on CUDA). The entry points' ``--cpu-kernels`` calls it."""
+    global _CPU_MATMUL
+    if name not in CPU_KERNELS:
+        raise UserError(f"unknown CPU kernels {name!r}; choose numpy or oneflow")
+    _CPU_MATMUL = "blas" if name == "numpy" else "oneflow"
+
+
+def cpu_kernels() -> str:
+    return "numpy" if _CPU_MATMUL == "blas" else "oneflow"
 # Below this many multiply-adds a product is cheaper in OneFlow than a host sync (tiny models).
 _BLAS_MIN_MACS = 1 << 22
 

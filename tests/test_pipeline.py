@@ -64,6 +64,7 @@ def test_six_scripts_on_synthetic_data(quickstart):
 
     teacher = json.loads((out / "meta_teacher" / "results.json").read_text())
     student = json.loads((out / "books" / "meta_student_finetune" / "results.json").read_text())
+    assert teacher["kernels"] == student["kernels"] == "cpu-numpy"
     assert teacher["dev"]["accuracy"] > 0.7, teacher["dev"]
     assert student["dev"]["accuracy"] > 0.65, student["dev"]
 
@@ -75,6 +76,19 @@ def test_six_scripts_on_synthetic_data(quickstart):
     assert rows[("books", "student")]["accuracy"] > 0.65
     assert rows[("books", "meta-teacher")]["accuracy"] > 0.65
     assert "accuracy" in log and "macro_f1" in log  # the printed table
+
+
+@pytest.mark.slow
+def test_six_scripts_with_oneflow_cpu_kernels(tmp_path):
+    """The quick start again with OneFlow's own CPU kernels (the code that runs on CUDA) instead of
+    the numpy ones: the same pipeline, recorded in results.json, and it learns."""
+    p = run(["bash", "tools/quickstart.sh"], script_env(tmp_path, CPU_KERNELS="oneflow"))
+    out = tmp_path / "out"
+    for folder in (out / "meta_teacher", out / "books" / "meta_student_pretrain", out / "books" / "meta_student_finetune"):
+        assert json.loads((folder / "results.json").read_text())["kernels"] == "cpu-oneflow"
+    student = json.loads((out / "books" / "meta_student_finetune" / "results.json").read_text())
+    assert student["dev"]["accuracy"] > 0.65, student["dev"]
+    assert "accuracy" in p.stdout
 
 
 def test_eval_all_genres_reuses_outputs(quickstart, tmp_path):
