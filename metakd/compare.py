@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the numbered scripts
 # The environment variables the scripts read that change what a cell computes; recorded per run dir.
 SETTINGS = ["SOURCE", "SYNTHETIC_SIZE", "TEACHER_MODEL", "STUDENT_MODEL", "TEACHER_EPOCHS", "TEACHER_LR",
             "STAGE1_EPOCHS", "STAGE1_LR", "STAGE2_EPOCHS", "STAGE2_LR", "TEMPERATURE", "DOMAIN_LOSS_WEIGHT",
-            "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "NPROC", "NNODES", "METAKD_CPU_MATMUL",
+            "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "CPU_KERNELS", "NPROC", "NNODES", "METAKD_CPU_MATMUL",
             "METAKD_NATIVE_LAYERNORM"]
 SCRIPT_DEFAULTS = {"TEACHER_MODEL": "models/bert-base-uncased"}  # as in the scripts, relative to ROOT
 # Set by the runner per cell: the environment must not set them (they would be silently overridden).
