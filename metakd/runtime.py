@@ -14,6 +14,10 @@ from typing import Dict, Iterator, Optional
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("ONEFLOW_DEBUG_MODE", "0")
+# OneFlow 0.9 multiplies float32 matrices in TF32 on CUDA unless told otherwise (read when a CUDA
+# stream is created): off, so that CUDA computes what the CPU does; METAKD_TF32=1 turns it on.
+TF32 = os.environ.get("METAKD_TF32", "0") == "1"
+os.environ["ONEFLOW_EP_CUDA_ENABLE_TF32_EXECUTION"] = "1" if TF32 else "0"
 
 
 @contextlib.contextmanager

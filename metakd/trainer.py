@@ -41,7 +41,7 @@ from metakd.features import Encoded, to_tensors, train_batches
 from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
 from metakd.modeling import cpu_kernels, numpy_scope, parameter_views
 from metakd.optim import make_update
-from metakd.runtime import barrier, broadcast_parameters, flow
+from metakd.runtime import TF32, barrier, broadcast_parameters, flow
 from metakd.runtime import rank as rank_of_process
 from metakd.runtime import world_size as processes
 
@@ -360,7 +360,7 @@ class Trainer:
             "train_samples_per_second": round(p.samples_seen / secs, 3),
             "train_tokens_per_second": round(p.tokens_seen / secs, 1),
             "world_size": self.world_size,
-            "kernels": "cuda" if self.device.type == "cuda" else f"cpu-{cpu_kernels()}",
+            "kernels": ("cuda-tf32" if TF32 else "cuda") if self.device.type == "cuda" else f"cpu-{cpu_kernels()}",
             "args": asdict(self.args),
         }
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Copy a comparison run's report (small files only: CSV, Markdown, JSON, PNG, wall times) into
+# docs/compare/ for docs/results.md; models and logs stay in the run dir.
+#   bash tools/publish_compare.sh [RUN_DIR]    (default out/compare_real)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_DIR="${1:-out/compare_real}"
+[ -f "$RUN_DIR/results.csv" ] || { echo "error: $RUN_DIR: no results.csv; run tools/compare_real.sh first" >&2; exit 2; }
+mkdir -p docs/compare
+for f in results.csv results.md paired.json accuracy.png curves.png walls.tsv config.json; do
+  [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "docs/compare/$f"
+done
+ls -la docs/compare
