@@ -9,9 +9,9 @@ TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # pretrained BERT fo
 MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"                     # tokens per input
 EMBED_BATCH_SIZE="${EMBED_BATCH_SIZE:-64}"                  # inference batch
 DEVICE="${DEVICE:-auto}"                                    # auto | cpu | cuda
-CPU_KERNELS="${CPU_KERNELS:-numpy}"                         # on CPU: numpy (faster) or oneflow (OneFlow's own kernels, as on CUDA)
+CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (faster) or oneflow (as on CUDA); empty: numpy, or METAKD_CPU_MATMUL's
 COMPAT="${COMPAT:-none}"                                    # none | easynlp (reference numerics)
 NPROC="${NPROC:-1}"                                         # processes (CPU cores or GPUs) sharing the embedding batches
 
 DISTRIBUTED=1 run_metakd process_data --data-dir "$DATA_DIR" --teacher-model "$TEACHER_MODEL" \
-  --max-seq-length "$MAX_SEQ_LENGTH" --batch-size "$EMBED_BATCH_SIZE" --device "$DEVICE" --cpu-kernels "$CPU_KERNELS" --compat "$COMPAT"
+  --max-seq-length "$MAX_SEQ_LENGTH" --batch-size "$EMBED_BATCH_SIZE" --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT"

@@ -21,7 +21,7 @@ EVAL_EVERY="${EVAL_EVERY:-50}"                              # dev evaluation eve
 LOG_EVERY="${LOG_EVERY:-20}"                                # a log line every N steps
 SEED="${SEED:-42}"
 DEVICE="${DEVICE:-auto}"                                    # auto | cpu | cuda
-CPU_KERNELS="${CPU_KERNELS:-numpy}"                         # on CPU: numpy (faster) or oneflow (OneFlow's own kernels, as on CUDA)
+CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (faster) or oneflow (as on CUDA); empty: numpy, or METAKD_CPU_MATMUL's
 COMPAT="${COMPAT:-none}"                                    # none | easynlp (reference numerics)
 NPROC="${NPROC:-1}"                                         # processes (CPU cores or GPUs) for training
 SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
@@ -35,4 +35,4 @@ DISTRIBUTED=1 run_metakd train_teacher --data-dir "$DATA_DIR" --model "$TEACHER_
   --genre "$TEACHER_GENRE" \
   --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" \
   --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
-  --device "$DEVICE" --cpu-kernels "$CPU_KERNELS" --compat "$COMPAT" "${flags[@]}"
+  --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT" "${flags[@]}"

@@ -26,7 +26,7 @@ TEACHER_CACHE_GB="${TEACHER_CACHE_GB:-4}"                   # memory for the fro
 LOG_EVERY="${LOG_EVERY:-20}"
 SEED="${SEED:-42}"
 DEVICE="${DEVICE:-auto}"
-CPU_KERNELS="${CPU_KERNELS:-numpy}"                         # on CPU: numpy (faster) or oneflow (OneFlow's own kernels, as on CUDA)
+CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (faster) or oneflow (as on CUDA); empty: numpy, or METAKD_CPU_MATMUL's
 COMPAT="${COMPAT:-none}"
 NPROC="${NPROC:-1}"
 SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
@@ -42,4 +42,4 @@ flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STUDENT_MODEL" --out "$STAGE1_DIR" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
   --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" \
-  --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" --cpu-kernels "$CPU_KERNELS" --compat "$COMPAT" "${flags[@]}"
+  --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT" "${flags[@]}"

@@ -27,7 +27,7 @@ EVAL_EVERY="${EVAL_EVERY:-50}"                              # dev evaluation eve
 LOG_EVERY="${LOG_EVERY:-20}"
 SEED="${SEED:-42}"
 DEVICE="${DEVICE:-auto}"
-CPU_KERNELS="${CPU_KERNELS:-numpy}"                         # on CPU: numpy (faster) or oneflow (OneFlow's own kernels, as on CUDA)
+CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (faster) or oneflow (as on CUDA); empty: numpy, or METAKD_CPU_MATMUL's
 COMPAT="${COMPAT:-none}"
 NPROC="${NPROC:-1}"
 SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
@@ -43,7 +43,7 @@ if [ "$STUDENT_ALONE" = 1 ]; then
     --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/student_alone}" --no-sample-weights --no-domain-loss \
     --epochs "$((10#$STAGE1_EPOCHS + 10#$STAGE2_EPOCHS))" --lr "$STAGE2_LR" --batch-size "$BATCH_SIZE" \
     --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
-    --device "$DEVICE" --cpu-kernels "$CPU_KERNELS" --compat "$COMPAT" "${flags[@]}"
+    --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT" "${flags[@]}"
   exit
 fi
 [ "$SKIP_STAGE1" = 1 ] && STAGE1_DIR="$STUDENT_MODEL"
@@ -52,4 +52,4 @@ DISTRIBUTED=1 run_metakd distill --stage second --genre "$GENRE" --data-dir "$DA
   --student "$STAGE1_DIR" --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/meta_student_finetune}" \
   --epochs "$STAGE2_EPOCHS" --lr "$STAGE2_LR" --temperature "$TEMPERATURE" --alpha "$ALPHA" --batch-size "$BATCH_SIZE" \
   --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
-  --device "$DEVICE" --cpu-kernels "$CPU_KERNELS" --compat "$COMPAT" "${flags[@]}"
+  --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT" "${flags[@]}"

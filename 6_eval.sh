@@ -11,10 +11,10 @@ NO_TEACHER="${NO_TEACHER:-0}"             # 1: the student only (e.g. the studen
 STUDENT_DIR="${STUDENT_DIR:-}"            # one genre: evaluate this folder instead of GENRE/meta_student_finetune
 SPLIT="${SPLIT:-test}"                    # test | dev
 DEVICE="${DEVICE:-auto}"
-CPU_KERNELS="${CPU_KERNELS:-numpy}"                         # on CPU: numpy (faster) or oneflow (OneFlow's own kernels, as on CUDA)
+CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (faster) or oneflow (as on CUDA); empty: numpy, or METAKD_CPU_MATMUL's
 
 flags=()
 [ -n "$STUDENT_DIR" ] && flags+=(--student "$STUDENT_DIR")
 [ "$NO_TEACHER" = 1 ] && flags+=(--no-teacher)
-run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE" --cpu-kernels "$CPU_KERNELS" \
+run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} \
   --teacher "$TEACHER_DIR" "${flags[@]}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from typing import Callable, Optional, TypeVar
 
@@ -40,12 +41,12 @@ def one_line(text: str) -> str:
 _OS_FIXES = {
     errno.ENOSPC: "the disk is full; free some space (earlier outputs are unchanged)",
     errno.EDQUOT: "the disk quota is exceeded; free some space (earlier outputs are unchanged)",
-    errno.EACCES: "no permission to write here; choose another folder",
-    errno.EPERM: "not permitted here; choose another folder",
-    errno.EROFS: "the file system is read-only; choose another folder",
-    errno.EISDIR: "a folder is in the way of an output file; move it or choose another path",
-    errno.ENOTDIR: "a file is in the way of an output folder; move it or choose another path",
-    errno.EEXIST: "a file is in the way of an output folder; move it or choose another path",
+    errno.EACCES: "no permission to read or write it; fix the permissions or choose another path",
+    errno.EPERM: "not permitted; fix the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another folder for the outputs",
+    errno.EISDIR: "a folder where a file was expected; check the path",
+    errno.ENOTDIR: "a file where a folder was expected (part of the path is a file); check the path",
+    errno.EEXIST: "a file where a folder was expected; check the path",
 }
 
 
@@ -61,7 +62,7 @@ def cli_main(func: F) -> F:
             sys.exit(EXIT_USER_ERROR)
         except OSError as e:
             fix = _OS_FIXES.get(e.errno)
-            if fix is None:
+            if fix is None or os.environ.get("METAKD_DEBUG") == "1":  # METAKD_DEBUG=1: the traceback
                 raise
             where = f"{e.filename}: " if e.filename else ""
             print(f"error: {one_line(where + (e.strerror or str(e)))}; {fix}", file=sys.stderr)

@@ -233,14 +233,17 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_files(folder: PathLike) -> Iterator[Path]:
-    """Files that belong together appear together or not at all: write them into the yielded
-    staging folder (inside ``folder``, so on the same file system); on success each one replaces
-    its namesake in ``folder`` by a rename, which cannot fail for lack of space; on any failure
-    before that (a full disk, a folder in the way, a kill) the old set is left as it was."""
+    """Files that belong together appear together: write them into the yielded staging folder
+    (inside ``folder``, so on the same file system); on success each one replaces its namesake in
+    ``folder`` by a rename, which cannot fail for lack of space; on any failure before that (a full
+    disk, a folder in the way, a kill while writing) the old set is left as it was. Only a kill in
+    the instant between the renames could mix the sets."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     from metakd.errors import UserError
 
+    for old in folder.glob(".staging.*.tmp"):  # left by a killed run; harmless, but not forever
+        shutil.rmtree(old, ignore_errors=True)
     try:
         stage = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder))
     except OSError as e:

@@ -60,6 +60,17 @@ def fill_missing_grads(parameters) -> None:
 ADAMW_VARIANTS = ("pytorch", "huggingface")
 
 
+def _reached_anywhere(params) -> List[bool]:
+    """Per parameter: did any process's step give it a gradient? (The averaged gradients are
+    zeros where none did; EasyNLP's AdamW skips those parameters, as with one process.)"""
+    from metakd.runtime import all_reduce_sum_numpy, world_size
+
+    local = np.array([p.grad is not None for p in params], np.float32)
+    if world_size() <= 1:
+        return [bool(v) for v in local]
+    return [bool(v > 0) for v in all_reduce_sum_numpy(local)]
+
+
 class FlowUpdate:
     """The end of a training step with OneFlow's own kernels (CUDA; CPU with
     ``METAKD_CPU_MATMUL=oneflow``): ``gradients()`` averages them over the processes and returns
@@ -81,9 +92,14 @@ class FlowUpdate:
         return self.optimizer.param_groups[0]["lr"]
 
     def gradients(self, row_ids: Optional[Dict[int, flow.Tensor]] = None) -> float:
+        reached = _reached_anywhere(self.params) if self.hf is not None else None
         if self.hf is None:
             fill_missing_grads(self.params)  # OneFlow's AdamW: zeros (decay and moments still move)
         all_reduce_mean_grads(self.params, row_ids)
+        if reached is not None:
+            for p, r in zip(self.params, reached):
+                if not r:
+                    p.grad = None
         with_grad = [p for p in self.params if p.grad is not None]
         return float(flow.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm).numpy()) if with_grad else 0.0
 
@@ -198,7 +214,10 @@ class NumpyUpdate:
         return self.base_lr * self.schedule(self.steps)
 
     def gradients(self, row_ids: Optional[Dict[int, flow.Tensor]] = None) -> float:
+        reached = _reached_anywhere(self.params) if self.hf else None
         grads = mean_grads_numpy(self.params, row_ids)
+        if reached is not None:  # several processes: zeros where no process had a gradient
+            grads = [g if r else None for g, r in zip(grads, reached)]
         self._grads = [None if g is None else g.reshape(-1) for g in grads]
         sq = sum(float(np.dot(g, g)) for g in self._grads if g is not None)
         self._norm = math.sqrt(sq)

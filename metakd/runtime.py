@@ -16,8 +16,9 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("ONEFLOW_DEBUG_MODE", "0")
 # OneFlow 0.9 multiplies float32 matrices in TF32 on CUDA unless told otherwise (read when a CUDA
 # stream is created): off, so that CUDA computes what the CPU does; METAKD_TF32=1 turns it on.
-TF32 = os.environ.get("METAKD_TF32", "0") == "1"
-os.environ["ONEFLOW_EP_CUDA_ENABLE_TF32_EXECUTION"] = "1" if TF32 else "0"
+if "METAKD_TF32" in os.environ or "ONEFLOW_EP_CUDA_ENABLE_TF32_EXECUTION" not in os.environ:
+    os.environ["ONEFLOW_EP_CUDA_ENABLE_TF32_EXECUTION"] = "1" if os.environ.get("METAKD_TF32") == "1" else "0"
+TF32 = os.environ["ONEFLOW_EP_CUDA_ENABLE_TF32_EXECUTION"] not in ("0", "false", "False")
 
 
 @contextlib.contextmanager
@@ -52,7 +53,21 @@ def restore_ctrl_c() -> None:
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # Under the launcher a KeyboardInterrupt on one process could leave another blocked in a
+        # collective for ever: every process ends at once instead (the first one says so); the
+        # resumable state and the locks are safe (flock is released at exit, rerun resumes).
+        def _stop_now(signum, frame):
+            if os.environ.get("RANK", "0") == "0":
+                sys.stderr.write("interrupted; rerun the same command to continue a training stage from its last "
+                                 "saved state\n")
+                sys.stderr.flush()
+            os._exit(130)
+
+        signal.signal(signal.SIGINT, _stop_now)
+    else:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

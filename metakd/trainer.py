@@ -245,6 +245,8 @@ class Trainer:
               "update": type(self.update).__name__,  # its saved state has this one's layout
               # (the default AdamW is left out: states saved before the choice existed still resume)
               **{k: v for k, v in asdict(args).items() if not (k == "adamw" and v == "pytorch")},
+              # on CUDA the matmul precision changes the trajectory (CPU runs are unaffected)
+              **({"tf32": TF32} if str(device).startswith("cuda") else {}),
               **(fingerprint or {})}
         fp.pop("resume", None)
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]

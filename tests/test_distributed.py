@@ -84,3 +84,45 @@ def test_process_data_with_nproc_2_gives_the_same_prototype_scores(tmp_path):
     # The two processes embed alternate length buckets, the same buckets one process would: the
     # same numbers bit for bit.
     assert outputs["1"] == outputs["2"]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "oneflow"])
+def test_easynlp_adamw_skips_parameters_no_process_reached(kind):
+    """COMPAT=easynlp with NPROC=2: the averaged gradient is zero where no process had one, and
+    EasyNLP's AdamW must still skip those parameters (no decay, no step), as with one process."""
+    p = launch(["tests/helpers/ddp_hf_adamw.py", kind])
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in lines) == [0, 1]
+    for r in lines:  # order: first weight, first bias, second weight, second bias
+        assert r["moved"] == [True, False, False, False], r
+        assert r["steps"] == [1, 0, 0, 0], r
+
+
+def test_ctrl_c_with_two_processes_stops_both_and_the_rerun_resumes(tmp_path):
+    """SIGINT to the whole group (Ctrl-C) under the launcher: no process is left blocked in a
+    collective, the first one says how to continue, and the same command resumes."""
+    import signal
+    import time
+
+    t = tiny()
+    out = tmp_path / "teacher"
+    script_env = dict(env(), METAKD_PYTHON=sys.executable, NPROC="2", BATCH_SIZE="4", DATA_DIR=str(t.data),
+                      TEACHER_MODEL=str(t.teacher), TEACHER_DIR=str(out), MAX_SEQ_LENGTH=str(SEQ), DEVICE="cpu",
+                      TEACHER_EPOCHS="6", EVAL_EVERY="0", SAVE_EVERY="2", MASTER_PORT=str(30500 + os.getpid() % 1000))
+    p = subprocess.Popen(["bash", "3_train_teacher.sh"], cwd=ROOT, env=script_env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    state = tmp_path / "teacher.resume" / "state"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), p.communicate()
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)  # a hang would time out here
+    assert p.returncode != 0 and "interrupted; rerun the same command" in stderr, stderr[-2000:]
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 1  # no process left
+    p2 = subprocess.run(["bash", "3_train_teacher.sh"], cwd=ROOT, env=script_env, capture_output=True, text=True,
+                        timeout=600)
+    assert p2.returncode == 0, p2.stderr[-2000:]
+    assert "resuming from" in p2.stdout + p2.stderr and (out / "results.json").exists()
