@@ -2,7 +2,7 @@
 # The real comparison of docs/results.md: the real reviews and the ../shared/models pair on CPU
 # (NPROC=2, global batch 16, epochs 1/3/3 as tools/real_run.sh), run in phases, most informative first.
 # Resumable: rerun it (from the same commit) and finished cells are kept. RUN_DIR as in compare.sh.
-# PHASES picks phases (default all, in the order below): 1 Meta-KD vs the student alone and the meta-teacher;
+# PHASES picks phases (default all: 1 5 2 6 3 4, the questions first): 1 Meta-KD vs the student alone and the meta-teacher;
 # 2 plain KD from the meta-teacher and Meta-KD without stage 1; 3 BERT-mix, BERT-s and KD from them;
 # 4 the other ablations; 5 COMPAT=easynlp Meta-KD on books (seed 42); 6 the recipes that might make the
 # transfer work (hidden states only in stage 1, hard labels + T^2, a larger stage-2 rate and the student
