@@ -155,3 +155,24 @@ def test_export_onnx_matches_an_independent_computation(student, tmp_path):
     code, _, err = call_main("metakd.export", ["--model", student, "--out", tmp_path / "x", "--format", "onnx",
                                                "--seq", "2"])
     assert code == 2 and "--seq must be in [3" in err and not (tmp_path / "x").exists()
+
+
+def test_compression_benchmark_table(student, tmp_path):
+    """The benchmark runs (tiny sizes, one thread) and reports what it says: the classifier's
+    parameters counted by hand from the checkpoint, eager and ONNX rates, ONNX's logits checked."""
+    from safetensors.numpy import load_file
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "c.json"
+    code, stdout, err = call_main("metakd.compression", ["--model", f"s={student}", "--batch", "2", "--seq", "12",
+                                                         "--iters", "1", "--latency-iters", "5", "--threads", "1",
+                                                         "--onnx", "--json", out])
+    assert code == 0, err
+    row = json.loads(out.read_text())["rows"][0]
+    sd = load_file(str(student / "model.safetensors"))
+    by_hand = sum(v.size for k, v in sd.items() if k.startswith(("backbone.", "classifier.")) and "position_ids" not in k)
+    assert row["parameters"] == by_hand and row["threads"] == 1
+    assert row["eager_reviews_per_s"] > 0 and row["onnx_reviews_per_s"] > 0 and row["onnx_max_logit_diff"] < 1e-4
+    assert row["eager_p50_ms"] <= row["eager_p95_ms"]
+    code, _, err = call_main("metakd.compression", [])
+    assert code == 2 and "nothing to measure" in err
