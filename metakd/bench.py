@@ -580,7 +580,7 @@ def run_stage(name: str, a: argparse.Namespace) -> dict:
 def profile_stage(name: str, a: argparse.Namespace) -> None:
     """Time one step of ``name`` by phase and by module type, with a sync around every piece."""
     from metakd.modeling import parameter_views
-    from metakd.runtime import flow, resolve_device, seed_everything
+    from metakd.runtime import resolve_device, seed_everything
 
     device = resolve_device(a.device)
     teacher, student = model_specs(a.pair, a.teacher, a.student)

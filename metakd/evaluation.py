@@ -1,7 +1,7 @@
 """Batched inference and classification metrics (accuracy, macro-F1) for any MetaBert."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["1_get_data.sh", "2_process_data.sh", "3_train_teacher.sh", "4_student_first.sh", "5_student_second.sh", "6_eval.sh"]

@@ -9,7 +9,6 @@ import hashlib
 import os
 
 import pandas as pd
-import pytest
 from sklearn.model_selection import StratifiedKFold
 
 from _tiny import call_main

@@ -79,7 +79,7 @@ def test_parse_crlf_file_gives_the_same_text(tmp_path):
 def test_parse_bad_utf8_names_file_and_line(tmp_path):
     path = tmp_path / "negative.review"
     path.write_bytes(b"<review_text>\nok\nbad \xff byte\n</review_text>\n")
-    with pytest.raises(UserError, match=rf"negative.review:3: not valid UTF-8"):
+    with pytest.raises(UserError, match=r"negative.review:3: not valid UTF-8"):
         senti.parse_review_file(path)
 
 

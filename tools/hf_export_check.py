@@ -7,7 +7,10 @@ Runs OUTSIDE the project environment (torch and transformers are not dependencie
 
 and compare with `python -m metakd.predict --model <the source folder>` on the same three texts.
 """
-import sys, json, numpy as np, torch, transformers
+import sys
+import json
+import torch
+import transformers
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, AutoTokenizer
 folder = sys.argv[1]
 tok = AutoTokenizer.from_pretrained(folder)
