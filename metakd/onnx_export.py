@@ -37,7 +37,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _import_converter():
-    if not hasattr(np, "bool"):
+    if "bool" not in vars(np):  # (hasattr would warn)
         np.bool = np.bool_  # oneflow-onnx 0.6.2 uses np.bool (removed in numpy 1.24)
     import warnings
 
