@@ -17,9 +17,11 @@ GENRES="${GENRES:-all}"                             # comma-separated, or all
 SEEDS="${SEEDS:-42,43,44}"                          # comma-separated; the outermost loop
 REFERENCE="${REFERENCE:-metakd}"                    # paired differences: this method minus each other one
 REPORT_ONLY="${REPORT_ONLY:-0}"                     # 1: only rewrite the CSV, table and plots
+CELLS_FROM="${CELLS_FROM:-}"                        # finished cells kept elsewhere (docs/compare/cells): not recomputed
 
 flags=()
 [ "$REPORT_ONLY" = 1 ] && flags+=(--report-only)
+[ -n "$CELLS_FROM" ] && flags+=(--cells-from "$CELLS_FROM")
 export METAKD_PYTHON
 run_metakd compare --run-dir "$RUN_DIR" --methods "$METHODS" --genres "$GENRES" --seeds "$SEEDS" \
   --reference "$REFERENCE" "${flags[@]}"

@@ -138,6 +138,10 @@ def build_parser():
     p.add_argument("--reference", default="metakd", help="the method whose paired differences are reported")
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the paired intervals")
     p.add_argument("--report-only", action="store_true", help="only rewrite the CSV, table and plots")
+    p.add_argument("--cells-from", type=Path, default=None,
+                   help="a folder of finished cells' evaluations (seed*/<genre>/eval/<method>.json, as "
+                        "tools/publish_compare.sh keeps them in docs/compare/cells): those not yet in --run-dir are "
+                        "copied in first and count as done, so a lost run dir is not recomputed")
     p.add_argument("--dry-run", action="store_true", help="print the steps that would run, run none")
     p.add_argument("--task", default="senti", choices=["senti"])
     return p
@@ -371,9 +375,9 @@ def evaluate_cell(folder: Path, genre: str, data_dir: Path, proc, device) -> dic
         enc = cli.encode_split(df, tok, proc, int(info.get("max_seq_length", 128)), compat, False, data_dir / name)
         logits = predict_logits(model, enc, 64, device, compat=compat)
         out[split] = classification_metrics(enc.labels, logits, proc.labels)
-        if split == "test":
-            out["test_labels"] = [int(v) for v in enc.labels]
-            out["test_predictions"] = [int(v) for v in logits.argmax(axis=1)]
+        if split == "test":  # compact: one digit per review (labels < 10)
+            out["test_labels"] = "".join(str(int(v)) for v in enc.labels)
+            out["test_predictions"] = "".join(str(int(v)) for v in logits.argmax(axis=1))
     del model  # the next cell trains in another process, on the same device
     if getattr(device, "type", str(device)).startswith("cuda"):
         from metakd.runtime import flow
@@ -384,6 +388,32 @@ def evaluate_cell(folder: Path, genre: str, data_dir: Path, proc, device) -> dic
 # ---------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------
+
+def cell_summary(m: Method, genre: str, seed: int, lay: Layout, walls: Dict[str, float]) -> dict:
+    """What a cell's report needs besides its evaluation, from its chain's results.json files:
+    epochs, the compute it took (shared steps in full), and its last stage's curves (the dev
+    history; the training loss averaged over 50 windows), so that an evaluation file alone makes
+    the cell's rows and plots (docs/compare/cells keeps them when the models are gone)."""
+    chain = model_chain(m, genre, seed, lay)
+    trained = [s for s in chain if s.done_file == "results.json"]
+    results = [json.loads((s.out / "results.json").read_text(encoding="utf-8")) for s in trained]
+    teacher = [r["epochs"] for r, s in zip(results, trained) if s.script.startswith("3_")]
+    student = sum(r["epochs"] for r, s in zip(results, trained) if not s.script.startswith("3_"))
+    last = results[-1]
+    losses = np.asarray(last.get("train_loss", []), dtype=float)
+    windows = [w.mean() for w in np.array_split(losses, min(50, len(losses)))] if len(losses) else []
+    return {"teacher_epochs": teacher[0] if teacher else None, "student_epochs": student or None,
+            "wall_s": round(sum(walls.get(str(s.out.relative_to(lay.run)), float("nan")) for s in chain), 1),
+            "curve": {"total_steps": last.get("total_steps"), "epochs": last.get("epochs"),
+                      "dev": [[h["step"], round(h["accuracy"], 6)] for h in last.get("history", [])],
+                      "train_loss": [round(float(v), 5) for v in windows]}}
+
+
+def predictions_of(ev: dict, key: str) -> np.ndarray:
+    """Labels or predictions stored as a list or as a string of digits (the compact form)."""
+    v = ev[key]
+    return np.frombuffer(v.encode(), np.uint8) - ord("0") if isinstance(v, str) else np.asarray(v)
+
 
 def read_walls(lay: Layout) -> Dict[str, float]:
     walls: Dict[str, float] = {}
@@ -412,20 +442,19 @@ def collect(lay: Layout, proc) -> Tuple["pd.DataFrame", Dict[Tuple[str, str, int
                 if name not in METHODS:
                     continue
                 ev = json.loads(path.read_text(encoding="utf-8"))
+                if "curve" not in ev:  # written by an earlier runner: completed once from the run dir
+                    from metakd.fileio import write_json
+
+                    ev.update(cell_summary(METHODS[name], genre, seed, lay, walls))
+                    write_json(path, ev)
                 evals[(name, genre, seed)] = ev
-                chain = model_chain(METHODS[name], genre, seed, lay)
-                trained = [s for s in chain if s.done_file == "results.json"]
-                results = [json.loads((s.out / "results.json").read_text(encoding="utf-8")) for s in trained]
-                kinds = [s.script for s in trained]
-                teacher_epochs = [r["epochs"] for r, k in zip(results, kinds) if k.startswith("3_")]
-                student_epochs = sum(r["epochs"] for r, k in zip(results, kinds) if not k.startswith("3_"))
-                wall = sum(walls.get(str(s.out.relative_to(lay.run)), float("nan")) for s in chain)
+                folder = Path(ev["folder"])
                 rows.append({"method": name, "genre": genre, "seed": seed,
                              "dev_accuracy": ev["dev"]["accuracy"], "dev_macro_f1": ev["dev"]["macro_f1"],
                              "test_accuracy": ev["test"]["accuracy"], "test_macro_f1": ev["test"]["macro_f1"],
-                             "n_test": ev["test"]["n"], "teacher_epochs": teacher_epochs[0] if teacher_epochs else "",
-                             "student_epochs": student_epochs or "", "wall_s": round(wall, 1),
-                             "folder": str(Path(ev["folder"]).relative_to(lay.run)) if Path(ev["folder"]).is_relative_to(lay.run) else ev["folder"]})
+                             "n_test": ev["test"]["n"], "teacher_epochs": ev.get("teacher_epochs") or "",
+                             "student_epochs": ev.get("student_epochs") or "", "wall_s": ev.get("wall_s"),
+                             "folder": str(folder.relative_to(lay.run)) if folder.is_relative_to(lay.run) else str(folder)})
     cols = ["method", "genre", "seed", "dev_accuracy", "dev_macro_f1", "test_accuracy", "test_macro_f1", "n_test",
             "teacher_epochs", "student_epochs", "wall_s", "folder"]
     df = pd.DataFrame(rows, columns=cols)
@@ -474,10 +503,11 @@ def paired_difference(evals: Dict[Tuple[str, str, int], dict], a: str, b: str, n
         rows = []
         for s in seeds:
             ea, eb = evals[(a, genre, s)], evals[(b, genre, s)]
-            y = np.asarray(ea["test_labels"])
-            if list(y) != list(eb["test_labels"]):
+            y = predictions_of(ea, "test_labels")
+            if not np.array_equal(y, predictions_of(eb, "test_labels")):
                 raise UserError(f"{a} and {b} were evaluated on different test rows for {genre}, seed {s}")
-            rows.append((np.asarray(ea["test_predictions"]) == y).astype(float) - (np.asarray(eb["test_predictions"]) == y))
+            rows.append((predictions_of(ea, "test_predictions") == y).astype(float)
+                        - (predictions_of(eb, "test_predictions") == y))
         mats.append(np.stack(rows))  # [seeds, reviews]
         genres_used.append(genre)
         seeds_by_genre[genre] = seeds
@@ -547,7 +577,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
     from metakd.fileio import write_json
     write_json(lay.run / "paired.json", diffs)
     plot_accuracy(df, genres, lay.run / "accuracy.png")
-    plot_curves(df, lay, lay.run / "curves.png")
+    plot_curves(df, evals, lay.run / "curves.png")
     if quiet:
         return lay.run / "results.md"
     print("\n".join(lines))
@@ -591,8 +621,8 @@ def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(df, lay: Layout, path: Path) -> None:
-    """From each student's results.json: training loss and dev accuracy against epochs, a line per
+def plot_curves(df, evals: dict, path: Path) -> None:
+    """From each student cell's curve (cell_summary): training loss and dev accuracy against epochs, a line per
     seed (the teachers are left out: their history is dev accuracy over every genre)."""
     from metakd.fileio import atomic_open
 
@@ -605,22 +635,17 @@ def plot_curves(df, lay: Layout, path: Path) -> None:
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(2, len(genres), figsize=(3.6 * len(genres), 6), squeeze=False)
     for _, r in df.iterrows():
-        res_path = lay.run / r.folder / "results.json" if not Path(r.folder).is_absolute() else Path(r.folder) / "results.json"
-        if not res_path.exists():
-            continue
-        res = json.loads(res_path.read_text(encoding="utf-8"))
-        per_epoch = max(res.get("total_steps", 1), 1) / max(res.get("epochs", 1), 1)
+        curve = evals[(r.method, r.genre, r.seed)].get("curve") or {}
+        per_epoch = max(curve.get("total_steps") or 1, 1) / max(curve.get("epochs") or 1, 1)
         col = genres.index(r.genre)
         label = r.method if r.seed == df[df.method == r.method].seed.min() and r.genre == genres[0] else None
-        losses = np.asarray(res.get("train_loss", []), dtype=float)
-        if len(losses):
-            k = max(1, min(len(losses) // 20, 25))  # a running mean over k steps
-            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-            axes[0, col].plot((np.arange(len(smooth)) + k) / per_epoch, smooth, color=colors[r.method],
-                              lw=0.8, alpha=0.8, label=label)
-        hist = res.get("history", [])
-        if hist:
-            axes[1, col].plot([h["step"] / per_epoch for h in hist], [100 * h["accuracy"] for h in hist],
+        losses = curve.get("train_loss", [])
+        if losses:  # window means, at the windows' centres
+            x = (np.arange(len(losses)) + 0.5) * (curve.get("total_steps") or len(losses)) / len(losses) / per_epoch
+            axes[0, col].plot(x, losses, color=colors[r.method], lw=0.8, alpha=0.8, label=label)
+        dev = curve.get("dev", [])
+        if dev:
+            axes[1, col].plot([d[0] / per_epoch for d in dev], [100 * d[1] for d in dev],
                               color=colors[r.method], lw=0.8, alpha=0.8, marker=".", ms=3)
     for col, g in enumerate(genres):
         axes[0, col].set_title(g)
@@ -639,6 +664,22 @@ def plot_curves(df, lay: Layout, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+def restore_cells(source: Path, lay: Layout) -> int:
+    """Copy finished cells' evaluation files from ``source`` into the run dir where missing."""
+    import shutil
+
+    if not source.is_dir():
+        raise UserError("no such folder of finished cells", source)
+    n = 0
+    for path in sorted(source.glob("seed*/*/eval/*.json")):
+        dest = lay.run / path.relative_to(source)
+        if path.stem in METHODS and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            n += 1
+    return n
+
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
@@ -669,6 +710,10 @@ def main(argv=None) -> int:
     if a.bootstrap < 100:
         raise UserError(f"--bootstrap must be >= 100, got {a.bootstrap}")
     lay = Layout(a.run_dir.resolve())
+    if a.cells_from is not None:
+        restored = restore_cells(a.cells_from, lay)
+        if restored:
+            print(f"{restored} finished cells taken from {a.cells_from}")
     if a.report_only:
         if not lay.run.is_dir():
             raise UserError("no such run dir; run the comparison first", lay.run)
@@ -708,7 +753,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             ev = evaluate_cell(chain[-1].out, genre, Path(chain[-1].env["DATA_DIR"]), proc, device)
             _own_signals()
-            ev.update(method=m.name, genre=genre, seed=seed, eval_seconds=round(time.perf_counter() - t0, 2))
+            ev.update(method=m.name, genre=genre, seed=seed, eval_seconds=round(time.perf_counter() - t0, 2),
+                      commit=code_commit(), **cell_summary(m, genre, seed, lay, read_walls(lay)))
             write_json(ev_path, ev)
             print(f"[{time.strftime('%H:%M:%S')}] {what}: dev {ev['dev']['accuracy']:.4f} test {ev['test']['accuracy']:.4f}",
                   flush=True)

@@ -61,6 +61,15 @@ def test_paired_difference_interval_holds_the_seed_variation():
     assert (d["ci_low"], d["ci_high"]) == (-1.0, 1.0)  # each happens in a quarter of the resamples
 
 
+def test_paired_difference_reads_the_compact_form():
+    """Evaluations store labels and predictions as digit strings; lists (older files) still read."""
+    evals = {("a", "g", 1): {"test_labels": "0110", "test_predictions": "0111"},
+             ("b", "g", 1): _ev([0, 1, 1, 0], [1, 1, 1, 0])}
+    d = paired_difference(evals, "a", "b", n_boot=200)
+    # a: right on 0,1,2 (3/4); b: right on 1,2,3 (3/4): the same accuracy, different reviews
+    assert d["difference"] == 0.0 and d["ci_low"] < 0 < d["ci_high"]
+
+
 def test_paired_difference_of_identical_predictions_is_exactly_zero():
     y = [0, 1, 1]
     evals = {(m, "books", 1): _ev(y, [0, 0, 1]) for m in ("a", "b")}
@@ -244,6 +253,17 @@ def test_runner_stopped_and_rerun_keeps_finished_cells(tmp_path):
     assert "| metakd |" in md and "| student_alone |" in md and "95%" in md
     paired = json.loads((run / "paired.json").read_text())
     assert paired[0]["b"] == "student_alone" and paired[0]["seeds"] == [1, 2]
+    # every cell's evaluation is self-contained (what a report needs when the models are gone)
+    ev = json.loads(first_cell.read_text())
+    assert ev["student_epochs"] == 5 and ev["teacher_epochs"] == 1 and ev["wall_s"] > 0
+    assert ev["curve"]["dev"] and ev["curve"]["train_loss"] and set(ev["test_predictions"]) <= {"0", "1"}
+    # a new run dir that takes the finished cells (CELLS_FROM): the same table, nothing trained
+    env2 = dict(env, RUN_DIR=str(tmp_path / "run2"), CELLS_FROM=str(run), REPORT_ONLY="1")
+    p4 = subprocess.run(["bash", "compare.sh"], cwd=ROOT, env=env2, capture_output=True, text=True, timeout=300)
+    assert p4.returncode == 0 and "8 finished cells taken" in p4.stdout, p4.stdout[-2000:] + p4.stderr[-2000:]
+    df2 = pd.read_csv(tmp_path / "run2" / "results.csv")
+    assert df2.drop(columns="folder").equals(df.drop(columns="folder"))
+    assert not (tmp_path / "run2" / "seed1" / "meta_teacher").exists()
     # rerun once more: nothing to do, the report is rewritten from the same cells
     p3 = subprocess.run(["bash", "compare.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p3.returncode == 0 and "bash " not in p3.stdout

@@ -16,6 +16,7 @@ export STUDENT_MODEL="${STUDENT_MODEL:-$SHARED/models/paraphrase-MiniLM-L3-v2}"
 export DEVICE="${DEVICE:-cpu}" NPROC="${NPROC:-2}" BATCH_SIZE="${BATCH_SIZE:-8}" EVAL_EVERY="${EVAL_EVERY:-100}"
 export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}" STAGE2_EPOCHS="${STAGE2_EPOCHS:-3}"
 export RUN_DIR="${RUN_DIR:-out/compare_real}" SEEDS="${SEEDS:-42,43,44}"
+[ -d docs/compare/cells ] && export CELLS_FROM="${CELLS_FROM:-docs/compare/cells}"  # cells earlier sessions committed
 PHASES="${PHASES:-1 5 2 6 3 4}"  # the questions first: Meta-KD vs the student alone, EasyNLP's numerics, then why
 for phase in $PHASES; do
   case "$phase" in

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Copy a comparison run's report (small files only: CSV, Markdown, JSON, PNG, wall times) into
-# docs/compare/ for docs/results.md; models and logs stay in the run dir.
+# Copy a comparison run's report (small files only: CSV, Markdown, JSON, PNG, wall times) and every
+# finished cell's evaluation into docs/compare/ for docs/results.md; models and logs stay in the run dir.
 #   bash tools/publish_compare.sh [RUN_DIR]    (default out/compare_real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +9,9 @@ RUN_DIR="${1:-out/compare_real}"
 mkdir -p docs/compare
 for f in results.csv results.md paired.json accuracy.png curves.png walls.tsv config.json; do
   [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "docs/compare/$f"
+done
+# every finished cell's evaluation (small, self-contained): a later run takes them with CELLS_FROM
+(cd "$RUN_DIR" && find . -path './seed*/*/eval/*.json' -print0) | while IFS= read -r -d '' f; do
+  mkdir -p "docs/compare/cells/$(dirname "$f")" && cp "$RUN_DIR/$f" "docs/compare/cells/$f"
 done
 ls -la docs/compare
