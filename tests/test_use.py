@@ -11,6 +11,7 @@ import pytest
 
 import _np_bert as np_bert
 from _tiny import ROOT, call_main, env, make_checkpoint, tiny
+from conftest import SORTED_DATA, STUDENT_DIR, needs_data, needs_models
 
 TEXTS = ["a wonderful book , i loved it", "terrible . broke after two days", "ok"]
 
@@ -176,3 +177,43 @@ def test_compression_benchmark_table(student, tmp_path):
     assert row["eager_p50_ms"] <= row["eager_p95_ms"]
     code, _, err = call_main("metakd.compression", [])
     assert code == 2 and "nothing to measure" in err
+
+
+@needs_models
+@needs_data
+def test_onnx_export_of_the_real_student_on_real_reviews(tmp_path):
+    """The shared 3-layer student (fresh heads) as a metakd checkpoint, exported and run in
+    onnxruntime on real reviews: its logits within 1e-4 of metakd's own inference."""
+    pytest.importorskip("onnxruntime")
+    import re
+
+    import onnxruntime as ort
+
+    from metakd.checkpoint import save_checkpoint
+    from metakd.data.senti import SENTI_DOMAINS, SENTI_LABELS
+    from metakd.evaluation import predict_logits
+    from metakd.features import Encoded
+    from metakd.meta_model import build_from_pretrained
+    from metakd.onnx_export import run_padded
+    from metakd.runtime import flow
+    from metakd.tokenization import BertTokenizer
+
+    flow.manual_seed(0)
+    model, _ = build_from_pretrained(STUDENT_DIR, len(SENTI_LABELS), len(SENTI_DOMAINS), verbose=False)
+    info = model.metakd_info("student_second", SENTI_LABELS, SENTI_DOMAINS, "senti")
+    info.update(compat="none", max_seq_length=128)
+    folder = save_checkpoint(tmp_path / "student", model, model.config, info, vocab_from=STUDENT_DIR)
+    text = (SORTED_DATA / "books" / "positive.review").read_text(encoding="utf-8")[:200_000]
+    reviews = [" ".join(t.split()) for t in re.findall(r"<review_text>(.*?)</review_text>", text, re.S)[:5]]
+    code, _, err = call_main("metakd.export", ["--model", folder, "--out", tmp_path / "onnx", "--format", "onnx",
+                                               "--batch", "4", "--seq", "128"])
+    assert code == 0, err
+    enc = BertTokenizer.from_pretrained(folder)(reviews, None, max_length=128)
+    n = len(reviews)
+    data = Encoded(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"],
+                   labels=np.zeros(n, np.int64), domains=np.zeros(n, np.int64), weights=np.zeros(n, np.float32),
+                   guids=[str(i) for i in range(n)])
+    want = predict_logits(model, data, 64, flow.device("cpu"))
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = run_padded(session, enc)  # 5 rows through a graph of 4: two padded batches
+    assert np.abs(got - want).max() < 1e-4
