@@ -151,8 +151,12 @@ def _measure(spec: dict, threads: int) -> dict:
                        env=env, capture_output=True, text=True, timeout=3600)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        raise UserError(f"the measurement of {spec['name']} with {threads} thread(s) failed: "
-                        f"{(p.stderr.strip().splitlines() or ['no output'])[-1]}")
+        # OneFlow's C++ logging (lines starting with E/W/I and a date) is not the reason
+        said = [ln for ln in p.stderr.strip().splitlines() if ln.strip() and ln[:1] not in "EWI"]
+        why = said[-1] if said else "no message"
+        if p.returncode < 0:
+            why = f"killed by signal {-p.returncode}" + (" (out of memory?)" if p.returncode == -9 else "")
+        raise UserError(f"the measurement of {spec['name']} with {threads} thread(s) failed: {why}")
     return json.loads(lines[-1])
 
 
