@@ -157,11 +157,17 @@ def test_resume_with_other_settings_is_refused_and_restart_starts_over(tmp_path)
     assert state_bytes(model) == state_bytes(ref_model)
 
 
-def test_damaged_resume_state_is_a_clear_error(tmp_path):
+def _interrupted_run(tmp_path: Path) -> Path:
+    """A toy run stopped at step 5, its resumable state (saved at step 3) left in place."""
     out = tmp_path / "run"
     trainer, _ = make_trainer(out, crash_at=5)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+    return out
+
+
+def test_damaged_resume_state_is_a_clear_error(tmp_path):
+    out = _interrupted_run(tmp_path)
     weights = tmp_path / f"run{RESUME_SUFFIX}" / STATE / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
     trainer, _ = make_trainer(out)
@@ -170,10 +176,7 @@ def test_damaged_resume_state_is_a_clear_error(tmp_path):
 
 
 def test_damaged_optimizer_state_is_a_clear_error(tmp_path):
-    out = tmp_path / "run"
-    trainer, _ = make_trainer(out, crash_at=5)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    out = _interrupted_run(tmp_path)
     optim = tmp_path / f"run{RESUME_SUFFIX}" / STATE / "optim"
     victim = max((p for p in optim.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
@@ -185,10 +188,7 @@ def test_damaged_optimizer_state_is_a_clear_error(tmp_path):
 
 
 def test_check_saved_state_refuses_other_settings_before_work(tmp_path):
-    out = tmp_path / "run"
-    trainer, _ = make_trainer(out, crash_at=5)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    out = _interrupted_run(tmp_path)
     make_trainer(out)[0].check_saved_state()  # the same settings: fine
     with pytest.raises(UserError, match="other settings or data"):
         make_trainer(out, lr=0.01)[0].check_saved_state()
