@@ -125,7 +125,7 @@ def bert_params(c) -> int:
 def model_specs(pair: str, teacher: Path, student: Path):
     from metakd.checkpoint import read_config
     from metakd.errors import UserError
-    from metakd.modeling import BertConfig
+    from metakd.bert import BertConfig
 
     if pair == "shared":
         for p in (teacher, student):
@@ -146,12 +146,13 @@ def meta_model(spec: ModelSpec, fit_size: Optional[int] = None):
 
 
 def plain_model(spec: ModelSpec):
+    from metakd import cpu
+    from metakd.bert import BertModel
     from metakd.checkpoint import load_backbone
-    from metakd.modeling import BertModel
 
     if spec.path is not None:
         return load_backbone(spec.path, verbose=False)[0]
-    return BertModel(spec.config)
+    return cpu.install(BertModel(spec.config))
 
 
 def synthetic_batch(vocab_size: int, batch_size: int, seq_length: int, lengths: str, seed: int):
@@ -336,7 +337,7 @@ def _update(model, total_steps: int):
 
 def _trainer_step(update, step_loss: Callable[[], tuple], ph: Phases) -> None:
     """The body of Trainer.fit for one step (loss read before backward, gradients, clip, AdamW, schedule)."""
-    from metakd.modeling import numpy_scope
+    from metakd.cpu import numpy_scope
 
     with numpy_scope():  # as the trainer
         loss, logs = step_loss()
@@ -530,7 +531,7 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
 
 def run_stage(name: str, a: argparse.Namespace) -> dict:
     """Build, warm up and time one stage in this process."""
-    from metakd.modeling import parameter_views
+    from metakd.cpu import parameter_views
     from metakd.runtime import flow, resolve_device, seed_everything
 
     device = resolve_device(a.device)
@@ -579,7 +580,7 @@ def run_stage(name: str, a: argparse.Namespace) -> dict:
 
 def profile_stage(name: str, a: argparse.Namespace) -> None:
     """Time one step of ``name`` by phase and by module type, with a sync around every piece."""
-    from metakd.modeling import parameter_views
+    from metakd.cpu import parameter_views
     from metakd.runtime import resolve_device, seed_everything
 
     device = resolve_device(a.device)
@@ -664,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=list(STAGES), metavar="STAGE",
                    help="instead of timing, profile one step of STAGE by phase and module type")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--cpu-kernels", choices=["numpy", "oneflow"],
+                   default="oneflow" if os.environ.get("METAKD_CPU_MATMUL") == "oneflow" else "numpy",
+                   help="on CPU: numpy (the pipeline's default) or OneFlow's own kernels (as on CUDA)")
+    p.add_argument("--native-layernorm", action="store_true", default=os.environ.get("METAKD_NATIVE_LAYERNORM") == "1",
+                   help="on CPU: OneFlow's own LayerNorm kernel instead of metakd's (to measure what that saves)")
     return p
 
 
@@ -671,7 +677,9 @@ def _child_argv(a: argparse.Namespace, stage: str, device: str, result: Path) ->
     argv = [sys.executable, "-m", "metakd.bench", "--pair", a.pair, "--teacher", str(a.teacher), "--student",
             str(a.student), "--batch-size", str(a.batch_size), "--seq-length", str(a.seq_length), "--lengths",
             a.lengths, "--warmup", str(a.warmup), "--iters", str(a.iters), "--device", device, "--seed", str(a.seed),
-            "--only", stage, "--result-file", str(result)]
+            "--only", stage, "--result-file", str(result), "--cpu-kernels", a.cpu_kernels]
+    if a.native_layernorm:
+        argv.append("--native-layernorm")
     if a.infer_batch_size:
         argv += ["--infer-batch-size", str(a.infer_batch_size)]
     return argv
@@ -722,7 +730,11 @@ def print_results(results: List[dict]) -> None:
 def _main(argv=None) -> int:
     from metakd.errors import UserError
 
-    a = build_parser().parse_args(argv)
+    a = build_parser().parse_args(argv)  # (applies --cpu-kernels)
+    if a.native_layernorm:
+        from metakd.bert import LayerNorm
+
+        LayerNorm.native_on_cpu = True
     if a.iters < 1 or a.warmup < 0:
         raise UserError(f"--iters must be >= 1 and --warmup >= 0, got {a.iters} and {a.warmup}")
     if a.batch_size < 1 or (a.infer_batch_size is not None and a.infer_batch_size < 1) or a.seq_length < 3:
@@ -756,14 +768,14 @@ def _main(argv=None) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
-    from metakd import modeling
+    from metakd import bert, cpu
 
     meta = {
         "pair": a.pair, "teacher": teacher.describe(), "student": student.describe(), "device": str(device),
         "batch_size": a.batch_size, "infer_batch_size": a.infer_batch_size or a.batch_size, "seq_length": a.seq_length,
         "lengths": a.lengths, "warmup": a.warmup, "iters": a.iters, "isolated": a.isolate,
         "oneflow": flow.__version__, "python": platform.python_version(), "host": platform.node(),
-        "cpu_matmul": modeling._CPU_MATMUL, "layernorm": "oneflow" if modeling._NATIVE_LAYERNORM else "matmul",
+        "cpu_kernels": cpu.current_kernels(), "layernorm": "oneflow" if bert.LayerNorm.native_on_cpu else "matmul",
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timing": "mean wall time per step after a full OneFlow sync; synthetic token ids",

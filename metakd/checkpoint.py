@@ -29,7 +29,8 @@ import numpy as np
 
 from metakd.errors import UserError
 from metakd.fileio import atomic_dir, read_json_object
-from metakd.modeling import BertConfig, BertModel
+from metakd import cpu
+from metakd.bert import BertConfig, BertModel
 from metakd.runtime import flow
 
 WEIGHTS = "model.safetensors"
@@ -323,7 +324,7 @@ def load_backbone(path: "str | Path", verbose: bool = True) -> Tuple[BertModel, 
             unused.append(key)  # Meta-KD heads: not part of the backbone
         else:
             backbone_arrays[key] = value
-    model = BertModel(config)
+    model = cpu.install(BertModel(config))
     report = assign_state_dict(model, backbone_arrays, folder, layout)
     report.unexpected += unused
     report.initialised = [k for k in report.missing if k.startswith("pooler.")]

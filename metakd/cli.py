@@ -49,9 +49,9 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         a = super().parse_args(args, namespace)
         if getattr(a, "cpu_kernels", None) is not None:  # the one place the choice is applied
-            from metakd.modeling import set_cpu_kernels
+            from metakd.cpu import set_kernels
 
-            set_cpu_kernels(a.cpu_kernels)
+            set_kernels(a.cpu_kernels)
         return a
 
     def error(self, message):

@@ -60,7 +60,7 @@ def argparse_suppress():
 def _build_model(spec: dict):
     """A MetaBert for a measurement: a folder's weights, or random weights of a paper shape."""
     from metakd.meta_model import MetaBert, build_from_pretrained, load_meta_checkpoint
-    from metakd.modeling import BertConfig
+    from metakd.bert import BertConfig
     from metakd.runtime import flow
 
     flow.manual_seed(0)
@@ -94,7 +94,7 @@ def _worker(spec: dict) -> dict:
 
     out = {"parameters": count_parameters(model)}
     big, one = inputs(b), inputs(1)
-    from metakd.modeling import parameter_views
+    from metakd.cpu import parameter_views
 
     def eager(batch):
         with flow.no_grad(), parameter_views(model.parameters()):

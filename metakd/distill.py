@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         (docs/design.md section 8.2); None when they fit neither memory nor disk, or in compat."""
         if compat == "easynlp" or a.teacher_cache_gb <= 0:
             return None
-        from metakd.modeling import parameter_views
+        from metakd.cpu import parameter_views
         from metakd.teacher_cache import Stage1TeacherCache, describe
 
         spill = a.out.parent / f".{a.out.name}.teacher-cache"

@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from metakd.features import Encoded, inference_batches, to_tensors
-from metakd.modeling import parameter_views
+from metakd.cpu import parameter_views
 from metakd.runtime import all_reduce_sum_numpy, flow, shard
 
 

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from metakd import cpu
+from metakd.cpu.functions import MaskedSquaredError
 from metakd.runtime import flow
 
 F = flow.nn.functional
@@ -112,41 +114,6 @@ def _masked_mean_per_example(sq_sum: flow.Tensor, mask: flow.Tensor, width: int)
     return total / count.clamp(min=1.0)
 
 
-class _MaskedSquaredError(flow.autograd.Function):
-    """Per-example masked mean squared error in numpy (CPU): student [B,...], teacher (a constant)
-    like it, weight [B,...] 0/1 broadcastable to it, count [B] -> sum(w (s - t)^2) / count, [B].
-
-    Stage 1 compares [B,A,L,L] score maps; as OneFlow ops (difference, square, head sum, mask,
-    reductions, and their gradients) that cost more than the student's own backward on CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, student, teacher, weight, count):
-        from metakd.modeling import _view, _wrap
-
-        d = _view(student) - _view(teacher)
-        d *= _view(weight)
-        b = d.shape[0]
-        flat = d.reshape(b, -1)
-        inv = (1.0 / _view(count)).astype(np.float32)
-        ctx.save_for_backward(_wrap(d), _wrap(inv))
-        return _wrap((np.einsum("bi,bi->b", flat, flat) * inv).astype(np.float32))
-
-    @staticmethod
-    def backward(ctx, grad):
-        from metakd.modeling import _view
-
-        d, inv = (_view(t) for t in ctx.saved_tensors)
-        scale = (2.0 * _view(grad) * inv).astype(np.float32)
-        return flow.from_numpy(d * scale.reshape((-1,) + (1,) * (d.ndim - 1))), None, None, None
-
-
-def _numpy_loss(student: flow.Tensor) -> bool:
-    from metakd import modeling
-
-    return not student.is_cuda and modeling._CPU_MATMUL == "blas"  # the one switch of the CPU numpy paths
-
-
 def attention_mse(student: flow.Tensor, teacher: flow.Tensor, attention_mask: flow.Tensor, compat: str) -> flow.Tensor:
     """One layer pair. Default: per-example MSE of pre-softmax scores over real (query, key) pairs -> [B].
 
@@ -158,12 +125,12 @@ def attention_mse(student: flow.Tensor, teacher: flow.Tensor, attention_mask: fl
         t = flow.where(teacher <= -1e2, flow.zeros_like(teacher), teacher)
         return ((s - t) ** 2).mean()
     m = attention_mask.to(student.dtype)
-    if _numpy_loss(student):
+    if cpu.active(student):  # stage 1's [B,A,L,L] maps in numpy (cpu.functions.MaskedSquaredError)
         mn = m.numpy()
         b, heads, lq, l = student.shape
         weight = flow.from_numpy(np.ascontiguousarray((mn[:, :lq, None] * mn[:, None, :])[:, None]))  # [B,1,Lq,L]
         count = flow.from_numpy(np.maximum(mn[:, :lq].sum(1) * mn.sum(1) * heads, 1.0).astype(np.float32))
-        return _MaskedSquaredError.apply(student, teacher, weight, count)
+        return MaskedSquaredError.apply(student, teacher, weight, count)
     pair_mask = flow.matmul(m.unsqueeze(2), m.unsqueeze(1))  # [B,L,L]: 1 where query and key are real
     return _masked_mean_per_example(((student - teacher) ** 2).sum(dim=1), pair_mask, student.shape[1])
 
@@ -173,10 +140,10 @@ def hidden_mse(student: flow.Tensor, teacher: flow.Tensor, attention_mask: flow.
     ``easynlp``: batch MSE over all positions -> scalar."""
     if compat == "easynlp":
         return ((student - teacher) ** 2).mean()
-    if _numpy_loss(student):
+    if cpu.active(student):
         mn = attention_mask.to(student.dtype).numpy()
         count = flow.from_numpy(np.maximum(mn.sum(1) * student.shape[-1], 1.0).astype(np.float32))
-        return _MaskedSquaredError.apply(student, teacher, flow.from_numpy(np.ascontiguousarray(mn[:, :, None])), count)
+        return MaskedSquaredError.apply(student, teacher, flow.from_numpy(np.ascontiguousarray(mn[:, :, None])), count)
     return _masked_mean_per_example(((student - teacher) ** 2).sum(dim=-1), attention_mask.to(student.dtype), student.shape[-1])
 
 

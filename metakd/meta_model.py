@@ -15,7 +15,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from metakd.checkpoint import LoadReport, assign_state_dict, load_backbone, read_config, read_metakd_info, read_state_dict
 from metakd.errors import UserError
-from metakd.modeling import BertConfig, BertModel, BertModelOutput, Dropout, Linear, init_bert_weights
+from metakd import cpu
+from metakd.bert import BertConfig, BertModel, BertModelOutput, init_bert_weights
 from metakd.runtime import flow
 
 nn = flow.nn
@@ -81,13 +82,14 @@ class MetaBert(nn.Module):
         self.fit_size = fit_size
         self.backbone = BertModel(config)
         self.classifier = nn.Linear(h, num_labels)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.domain_embedding = nn.Embedding(num_domains, h)
-        self.corrupt_dense = Linear(h, h)
+        self.corrupt_dense = nn.Linear(h, h)
         self.domain_classifier = nn.Linear(h, num_domains)
         if fit_size is not None:
-            self.fit_dense = Linear(h, fit_size)
+            self.fit_dense = nn.Linear(h, fit_size)
         self.init_heads(head_init)
+        cpu.install(self)  # numpy kernels on CPU (metakd.cpu); plain OneFlow elsewhere
 
     def heads(self) -> List[nn.Module]:
         mods = [self.classifier, self.domain_embedding, self.corrupt_dense, self.domain_classifier]

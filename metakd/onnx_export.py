@@ -9,14 +9,12 @@ extra rows' logits: ``run_padded`` does it.
 
 What the export needs, each measured with OneFlow 0.9 / oneflow-onnx 0.6.2 / onnx 1.14.1:
 
-* plain OneFlow ops: the CPU numpy Functions cannot be traced, so the model runs with
-  ``modeling._CPU_MATMUL = "oneflow"`` (the same function to float rounding) and metakd's
-  LayerNorm (OneFlow's own CPU LayerNorm converts to a ReduceSum without axes at opset 13);
+* plain OneFlow ops: the CPU numpy Functions cannot be traced, so the model's numpy siblings are
+  swapped back for the plain modules (``metakd.cpu.uninstall``; the same function to float
+  rounding), with metakd's LayerNorm (OneFlow's own CPU LayerNorm converts to a ReduceSum without
+  axes at opset 13);
 * no unpadding (``flow.nonzero`` has a data-dependent shape): the graph calls the model with
   ``compat="easynlp", logits_only=True``, which keeps every position; [CLS]'s logits are the same;
-* metakd's Linear/Embedding/Dropout call ``super().forward``, which nn.Graph's module proxies
-  break: the exported instances get their OneFlow base class's forward (the same computation on
-  this path);
 * a converter bug: ``BackToBackOptimizer`` reads the first Transpose's permutation twice and so
   removes attention's ``K^T`` as if it were the identity (onnxruntime then refuses the file); the
   export runs without that pass;
@@ -25,7 +23,6 @@ What the export needs, each measured with OneFlow 0.9 / oneflow-onnx 0.6.2 / onn
 from __future__ import annotations
 
 import tempfile
-import types
 from pathlib import Path
 from typing import Dict, List
 
@@ -53,21 +50,9 @@ def _import_converter():
     return onnx, optimizer, export_onnx_model
 
 
-def _graph_ready(model) -> None:
-    """nn.Graph calls forwards through proxies, which breaks metakd's zero-argument super()."""
-    from metakd import modeling
-    from metakd.runtime import flow
-
-    bases = {modeling.Embedding: flow.nn.Embedding, modeling.Linear: flow.nn.Linear, modeling.Dropout: flow.nn.Dropout}
-    for m in model.modules():
-        base = bases.get(type(m))
-        if base is not None:
-            m.forward = types.MethodType(base.forward, m)
-
-
 def export_logits(model, path: Path, batch: int, seq: int, opset: int = 13) -> None:
     """Trace ``model`` (a MetaBert on CPU; it is changed for tracing: use a fresh copy) to ``path``."""
-    from metakd import modeling
+    from metakd import bert, cpu
     from metakd.runtime import flow
 
     onnx, optimizer, export_onnx_model = _import_converter()
@@ -80,12 +65,11 @@ def export_logits(model, path: Path, batch: int, seq: int, opset: int = 13) -> N
         def build(self, input_ids, attention_mask, token_type_ids):
             return self.model(input_ids, attention_mask, token_type_ids, compat="easynlp", logits_only=True).logits
 
-    saved_matmul, saved_ln = modeling._CPU_MATMUL, modeling._NATIVE_LAYERNORM
-    modeling._CPU_MATMUL, modeling._NATIVE_LAYERNORM = "oneflow", False
+    saved_native = bert.LayerNorm.native_on_cpu
+    bert.LayerNorm.native_on_cpu = False
     saved_pass = optimizer._optimizers.pop("remove_back_to_back", None)
     try:
-        model.eval()
-        _graph_ready(model)
+        cpu.uninstall(model.eval())  # (nn.Graph's module proxies would also break the siblings' super())
         dummy = [flow.ones(batch, seq, dtype=flow.int64), flow.ones(batch, seq, dtype=flow.int64),
                  flow.zeros(batch, seq, dtype=flow.int64)]
         with flow.no_grad():
@@ -96,7 +80,7 @@ def export_logits(model, path: Path, batch: int, seq: int, opset: int = 13) -> N
             flow.save(graph.state_dict(), weights)
             export_onnx_model(graph, opset=opset, flow_weight_dir=weights, onnx_model_path=str(path))
     finally:
-        modeling._CPU_MATMUL, modeling._NATIVE_LAYERNORM = saved_matmul, saved_ln
+        bert.LayerNorm.native_on_cpu = saved_native
         if saved_pass is not None:
             optimizer._optimizers["remove_back_to_back"] = saved_pass
     m = onnx.load(str(path))  # readable names instead of the graph's generated ones

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from metakd.errors import UserError
 from metakd.features import Encoded, inference_batches, to_tensors
 from metakd.meta_model import content_vector
-from metakd.modeling import parameter_views
+from metakd.cpu import parameter_views
 from metakd.runtime import all_reduce_sum_numpy, flow, shard
 
 

@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from metakd.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
 from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
-from metakd.modeling import cpu_kernels, numpy_scope, parameter_views
+from metakd.cpu import current_kernels as cpu_kernels
+from metakd.cpu import numpy_scope, parameter_views
 from metakd.optim import make_update
 from metakd.runtime import TF32, barrier, broadcast_parameters, flow
 from metakd.runtime import rank as rank_of_process
@@ -421,7 +422,7 @@ class Trainer:
             t_log = time.perf_counter()
             samples_since_log = 0
             done = p.global_step >= self.total_steps
-            # Parameters are read through numpy views taken once (modeling.parameter_views); each
+            # Parameters are read through numpy views taken once (metakd.cpu.parameter_views); each
             # update's apply() leaves them current (OneFlow's AdamW writes asynchronously: it syncs).
             with parameter_views(self.model.parameters()):
                 for epoch in range(args.epochs):
@@ -439,7 +440,7 @@ class Trainer:
                         t0 = time.perf_counter()
                         seed_step(args.seed, self.rank, step, self.generators)
                         batch = to_tensors(self.data, idx, self.device, trim=self.trim)
-                        with numpy_scope():  # the forward and backward of one step (modeling._view)
+                        with numpy_scope():  # the forward and backward of one step (metakd.cpu.views)
                             loss, logs = self.step_loss(batch, step)
                             loss_value = float(loss.numpy())
                             if not math.isfinite(loss_value) and self.world_size == 1:

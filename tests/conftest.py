@@ -28,7 +28,7 @@ needs_data = pytest.mark.skipif(
 
 
 def tiny_config(**kw):
-    from metakd.modeling import BertConfig
+    from metakd.bert import BertConfig
 
     d = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
              max_position_embeddings=24, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)

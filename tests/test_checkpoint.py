@@ -11,7 +11,7 @@ from conftest import TEACHER_DIR, needs_models, tiny_config
 from metakd.checkpoint import load_backbone, read_state_dict, save_checkpoint
 from metakd.errors import UserError
 from metakd.meta_model import MetaBert, load_meta_checkpoint
-from metakd.modeling import BertModel
+from metakd.bert import BertModel
 from metakd.runtime import flow
 
 

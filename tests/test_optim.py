@@ -168,7 +168,8 @@ def _loss(model, step: int, scale: float):
 
 @pytest.mark.parametrize("max_norm,scale", [(1.0, 1.0), (0.05, 10.0)])  # second: every step clipped
 def test_numpy_update_matches_oneflow_adamw_and_clip(max_norm, scale):
-    from metakd.optim import FlowUpdate, NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
+    from metakd.optim import FlowUpdate
 
     a, b = _twin_models()
     kw = dict(lr=5e-3, weight_decay=0.01, total_steps=6, warmup_proportion=0.34, eps=1e-6, max_grad_norm=max_norm)
@@ -191,7 +192,7 @@ def test_numpy_update_matches_oneflow_adamw_and_clip(max_norm, scale):
 def test_numpy_update_one_step_written_out():
     """Step 1 with clipping: g' = g * c, c = max_norm / (|g| + 1e-6); m_hat = g', v_hat = g'^2, so
     p -= lr * g' / (|g'| + eps) + lr * wd * p; no decay on the bias."""
-    from metakd.optim import NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
 
     flow.manual_seed(1)
     m = flow.nn.Linear(3, 2)
@@ -212,7 +213,7 @@ def test_numpy_update_one_step_written_out():
 
 
 def test_numpy_update_parameter_without_gradient_decays():
-    from metakd.optim import NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
 
     used, unused = flow.nn.Linear(2, 1), flow.nn.Linear(2, 1)
     model = flow.nn.ModuleList([used, unused])
@@ -228,7 +229,7 @@ def test_numpy_update_parameter_without_gradient_decays():
 def test_numpy_update_state_round_trip(tmp_path):
     """Saved after 2 steps and loaded into a fresh update, the next steps are those of a run that
     never stopped; a state for other parameters is refused."""
-    from metakd.optim import NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
 
     a, b = _twin_models(5)
     kw = dict(lr=5e-3, weight_decay=0.01, total_steps=6, warmup_proportion=0.34)
@@ -254,12 +255,13 @@ def test_numpy_update_state_round_trip(tmp_path):
 
 
 def test_make_update_numpy_on_cpu_oneflow_on_request(monkeypatch):
-    from metakd import modeling
-    from metakd.optim import FlowUpdate, NumpyUpdate, make_update
+    from metakd.cpu import state
+    from metakd.cpu.adamw import NumpyUpdate
+    from metakd.optim import FlowUpdate, make_update
 
     m = flow.nn.Linear(2, 2)
     assert type(make_update(m, 1e-3, 0.0, 10, 0.1)) is NumpyUpdate
-    monkeypatch.setattr(modeling, "_CPU_MATMUL", "oneflow")
+    monkeypatch.setattr(state, "_kernels", "oneflow")
     assert type(make_update(m, 1e-3, 0.0, 10, 0.1)) is FlowUpdate
 
 
@@ -287,7 +289,8 @@ def _hf_adamw_by_hand(w0, grads, lr_of_step, wd, eps=1e-6, b1=0.9, b2=0.999):
 @pytest.mark.parametrize("kind", ["numpy", "oneflow"])
 def test_huggingface_adamw_against_the_formula(kind, wd):
     """Five steps, the second one without a gradient for the bias; no clipping (norm below 1)."""
-    from metakd.optim import FlowUpdate, NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
+    from metakd.optim import FlowUpdate
 
     flow.manual_seed(0)
     lin = flow.nn.Linear(3, 1)
@@ -315,7 +318,7 @@ def test_huggingface_adamw_against_the_formula(kind, wd):
 def test_huggingface_and_pytorch_adamw_differ_as_described():
     """A tiny gradient (1e-5) at step 1, eps 1e-6: EasyNLP's update is about lr * 0.24 (its eps acts
     as 3.2e-5), PyTorch's about lr * 0.91."""
-    from metakd.optim import NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
 
     moves = {}
     for variant in ("huggingface", "pytorch"):
@@ -331,7 +334,7 @@ def test_huggingface_and_pytorch_adamw_differ_as_described():
 
 
 def test_huggingface_adamw_state_round_trip():
-    from metakd.optim import NumpyUpdate
+    from metakd.cpu.adamw import NumpyUpdate
 
     def run(steps, state=None):
         flow.manual_seed(0)

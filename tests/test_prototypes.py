@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from metakd.errors import UserError
 from metakd.features import Encoded
-from metakd.modeling import BertModel
+from metakd.bert import BertModel
 from metakd.prototypes import mean_embeddings, prototype_scores
 from metakd.runtime import flow
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from metakd.meta_model import MetaBert
-from metakd.modeling import BertConfig
+from metakd.bert import BertConfig
 from metakd.runtime import all_reduce_mean_grads, broadcast_parameters, flow, mean_grads_numpy, rank, world_size
 from metakd.losses import teacher_loss
 

@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 
-from metakd.optim import FlowUpdate, NumpyUpdate
+from metakd.cpu.adamw import NumpyUpdate
+from metakd.optim import FlowUpdate
 from metakd.runtime import broadcast_parameters, flow, rank
 
 kind = sys.argv[1]

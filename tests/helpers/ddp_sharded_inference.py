@@ -13,7 +13,7 @@ from _tiny import random_encoded  # noqa: E402
 from metakd.evaluation import predict_logits
 from metakd.features import to_tensors
 from metakd.meta_model import MetaBert
-from metakd.modeling import BertConfig
+from metakd.bert import BertConfig
 from metakd.prototypes import mean_embeddings
 from metakd.runtime import flow, rank, world_size
 from metakd.teacher_cache import Stage1TeacherCache
