@@ -291,8 +291,10 @@ class ModuleTimer:
         self._stack: List[list] = []
 
     def attach(self, label: str, model) -> None:
+        from metakd.cpu import plain_class
+
         for m in model.modules():
-            key = f"{label} {type(m).__name__}"
+            key = f"{label} {plain_class(m).__name__}"
             m.register_forward_pre_hook(self._pre)
             m.register_forward_hook(self._post_for(key))
 
@@ -410,23 +412,18 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
         return step, enc
 
     if name == "teacher_step":
-        from metakd.losses import teacher_loss
+        from metakd.objectives import TeacherObjective
 
         model = meta_model(ctx.teacher).to(device).train()
         ctx.models["teacher"] = model
         update = _update(model, total_steps)
+        objective = TeacherObjective(model, device, ctx.seed, domain_loss_weight=DOMAIN_LOSS_WEIGHT)
+        objective.mark = ph.mark
         counter = [0]
 
         def step_loss():
-            b = batch()
-            out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-            perm = np.random.default_rng([ctx.seed, counter[0], 7]).permutation(len(b["domains"]))
             counter[0] += 1
-            corrupted = b["domains"][flow.tensor(perm, device=device)]
-            domain_logits = model.domain_logits(out.content, b["domains"])
-            r = teacher_loss(out.logits, b["labels"], domain_logits, corrupted, b["weights"], DOMAIN_LOSS_WEIGHT)
-            ph.mark("forward + loss")
-            return r
+            return objective(batch(), counter[0] - 1)
 
         return (lambda: _trainer_step(update, step_loss, ph)), enc
 
@@ -452,79 +449,24 @@ def build_stage(name: str, ctx: Ctx, total_steps: int):
     update = _update(student, total_steps)
 
     if name in ("stage1_step", "stage1_cached"):
-        from metakd.losses import Stage1Inputs, attention_pairs, expertise_weights, hidden_pairs, stage1_loss
+        from metakd.objectives import Stage1Objective
 
-        tl, sl = ctx.teacher.config.num_hidden_layers, ctx.student.config.num_hidden_layers
-        att_pairs, hid_pairs = attention_pairs(tl, sl), hidden_pairs(tl, sl)
-
-        def teacher_targets(b):
-            t = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_hidden_states=True,
-                        output_attention_scores=True)
-            return ([t.backbone.attention_scores[i] for _, i in att_pairs], [t.backbone.hidden_states[i] for _, i in hid_pairs],
-                    teacher.domain_representation(t.content, b["domains"]), t.logits)
-
-        cache = None
-        if name == "stage1_cached":
-            # As distill.py: the targets are computed once (not timed) into an in-memory cache, then read.
-            from metakd.teacher_cache import Stage1TeacherCache
-
+        objective = Stage1Objective(teacher, student, device, DOMAIN_LOSS_WEIGHT)
+        if name == "stage1_cached":  # as distill.py: the targets computed once (not timed), then read
             with flow.no_grad():
-                cache = Stage1TeacherCache.build(teacher_targets, enc, len(att_pairs), ctx.teacher.config.num_attention_heads,
-                                                 len(hid_pairs), ctx.teacher.config.hidden_size, 2, device, progress=False)
+                objective.build_cache(enc, 4 << 30, None, progress=False)
+    elif name in ("stage2_step", "stage2_cached"):
+        from metakd.objectives import Stage2Objective
 
-        def step_loss():
-            b = batch()
-            ids, mask, types, doms = b["input_ids"], b["attention_mask"], b["token_type_ids"], b["domains"]
-            s = student(ids, mask, types, output_hidden_states=True, output_attention_scores=True)
-            ph.mark("student forward")
-            with flow.no_grad():
-                if cache is not None:
-                    t_att, t_hid, t_dom, t_logits = cache.batch(b["row_index"].numpy(), ids.shape[1], device)
-                else:
-                    t_att, t_hid, t_dom, t_logits = teacher_targets(b)
-                weights = (1.0 + b["weights"]) * expertise_weights(t_logits, b["labels"])
-            ph.mark("cached targets + weights" if cache is not None else "teacher forward (no grad) + weights")
-            s_att = s.backbone.attention_scores
-            x = Stage1Inputs(
-                student_attn=[s_att[j] for j, _ in att_pairs], teacher_attn=t_att,
-                student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs], teacher_hidden=t_hid,
-                student_domain=student.fit(student.domain_representation(s.content, doms)), teacher_domain=t_dom,
-                attention_mask=mask, weights=weights)
-            r = stage1_loss(x, DOMAIN_LOSS_WEIGHT)
-            ph.mark("fit_dense + stage1_loss")
-            return r
-
-    elif name == "stage2_step":
-        from metakd.losses import soft_cross_entropy
-
-        def step_loss():
-            b = batch()
-            s = student(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True)
-            ph.mark("student forward")
-            with flow.no_grad():
-                t_logits = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True).logits
-            ph.mark("teacher forward (no grad)")
-            r = soft_cross_entropy(s.logits, t_logits, TEMPERATURE), {}
-            ph.mark("soft cross-entropy")
-            return r
-
-    elif name == "stage2_cached":
-        from metakd.evaluation import predict_logits
-        from metakd.losses import soft_cross_entropy
-
-        # As distill.py: the frozen teacher's logits are computed once (not timed), then looked up.
-        cached = predict_logits(teacher, enc, ctx.infer_batch_size, device)
-
-        def step_loss():
-            b = batch()
-            s = student(b["input_ids"], b["attention_mask"], b["token_type_ids"], logits_only=True)
-            ph.mark("student forward")
-            t_logits = flow.tensor(cached[b["row_index"].numpy()], device=device)
-            r = soft_cross_entropy(s.logits, t_logits, TEMPERATURE), {}
-            ph.mark("cached logits + soft cross-entropy")
-            return r
+        objective = Stage2Objective(teacher, student, device, TEMPERATURE)
+        if name == "stage2_cached":  # as distill.py: the teacher's logits computed once (not timed), then looked up
+            objective.precompute_teacher_logits(enc, ctx.infer_batch_size, progress=False)
     else:
         raise ValueError(f"unknown stage {name!r}")
+    objective.mark = ph.mark
+
+    def step_loss():
+        return objective(batch(), 0)
 
     return (lambda: _trainer_step(update, step_loss, ph)), enc
 

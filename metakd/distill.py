@@ -118,22 +118,8 @@ def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teache
                         "ids; use a student with the teacher's vocab.txt", student_dir)
 
 
-@cli_main
-def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    if a.plain_kd:
-        a.prototype_weights = a.expertise_weights = a.domain_term = False
-    from metakd.checkpoint import check_model_folder, read_config, read_metakd_info, save_checkpoint
-    from metakd.evaluation import evaluate
-    from metakd.losses import Stage1Inputs, attention_pairs, distillation_loss, hidden_pairs, stage1_loss, stage1_weights
-    from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
-    from metakd.runtime import flow, resolve_device, seed_everything
-    from metakd.trainer import Trainer, claim_output
-
-    proc = cli.processor(a.task)
-    cli.check_genre(a.genre, proc)
-    targs = cli.train_args(a)
-    targs.validate()
+def check_options(a) -> None:
+    """Every numeric option of this stage in range, before any work starts."""
     if not 0 < a.temperature < math.inf:
         raise UserError(f"--temperature must be > 0 and finite, got {a.temperature}")
     if not 0.0 <= a.alpha <= 1.0:
@@ -142,6 +128,108 @@ def main(argv=None) -> int:
         raise UserError(f"--domain-loss-weight must be >= 0 and finite, got {a.domain_loss_weight}")
     if not 0 <= a.teacher_cache_gb < math.inf:
         raise UserError(f"--teacher-cache-gb must be >= 0 and finite, got {a.teacher_cache_gb}")
+
+
+def load_models(a, proc, teacher_cfg, student_layout: str, device):
+    """(frozen teacher, student, EasyNLP's teacher projection or None), on ``device``. The student
+    is the pretrained folder with fresh heads (stage first, or stage second without stage 1), or
+    stage first's output."""
+    from metakd.meta_model import build_from_pretrained, init_framework_default, load_meta_checkpoint
+    from metakd.runtime import flow
+
+    teacher, _ = load_meta_checkpoint(a.teacher, verbose=False)
+    fit_size = teacher_cfg.hidden_size
+    if a.stage == "first" or student_layout != "metakd":
+        if a.stage == "second":
+            print(f"stage second from the pretrained {a.student}: no stage 1")
+        student, _ = build_from_pretrained(a.student, len(proc.labels), len(proc.domains), fit_size=fit_size,
+                                           head_init="framework" if a.compat == "easynlp" else "bert")
+    else:
+        student, info = load_meta_checkpoint(a.student, fit_size="keep", verbose=False)
+        if info.get("role") != "student_first":
+            print(f"note: {a.student} is not a stage-first output (role {info.get('role')!r}); continuing")
+    teacher, student = teacher.to(device), student.to(device)
+    for prm in teacher.parameters():
+        prm.requires_grad = False
+    # The reference leaves the teacher in training mode (dropout on); by default it is frozen.
+    teacher.train(a.compat == "easynlp")
+    teacher_fit = None
+    if a.compat == "easynlp" and a.stage == "first":
+        # EasyNLP loads the teacher as a student class, so its domain representation passes through
+        # a freshly random fit_dense (seeded by the run's seed).
+        teacher_fit = flow.nn.Linear(teacher_cfg.hidden_size, fit_size)
+        init_framework_default(teacher_fit)
+        teacher_fit = teacher_fit.to(device)
+        for prm in teacher_fit.parameters():
+            prm.requires_grad = False
+    return teacher, student, teacher_fit
+
+
+def fingerprint(a) -> dict:
+    """What a saved training state must match to be resumed by this run."""
+    fp = {"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir), "genre": a.genre,
+          "compat": a.compat, "T": a.temperature, "len": a.max_seq_length, "lambda": a.domain_loss_weight}
+    ingredients = [a.prototype_weights, a.expertise_weights, a.domain_term, a.attention_term]
+    if a.stage == "first" and not all(ingredients):
+        fp["ingredients"] = ingredients
+    if a.stage == "second" and (a.alpha or a.t_squared):
+        fp["recipe"] = [a.alpha, a.t_squared]
+    return fp
+
+
+def stage2_objective(a, teacher, student, device, train, logits_key: dict):
+    """Stage 2's objective; by default the frozen teacher's logits are computed once for all
+    epochs, or taken from the ones stage first saved for its cache (same teacher weights, same rows)."""
+    from metakd.objectives import Stage2Objective
+
+    objective = Stage2Objective(teacher, student, device, a.temperature, a.alpha, a.t_squared, a.compat)
+    if a.compat == "easynlp":  # EasyNLP's teacher stays in training mode: its logits change every step
+        return objective
+    cached = load_teacher_logits(a.student, logits_key, len(train))
+    if cached is not None:
+        objective.teacher_logits = cached
+        print(f"teacher logits from stage first ({a.student / TEACHER_LOGITS}): {len(train)} examples")
+    else:
+        _, seconds = objective.precompute_teacher_logits(train, 64, progress=not a.no_progress)
+        print(f"teacher logits computed once for all epochs: {len(train)} examples, {seconds:.1f} s")
+    return objective
+
+
+def build_stage1_cache(a, objective, train):
+    """Stage 1's frozen teacher gives the same targets every epoch: compute them once
+    (docs/design.md section 8.2); None when they fit neither memory nor disk, or in compat."""
+    if a.compat == "easynlp" or a.teacher_cache_gb <= 0:
+        return None
+    from metakd.teacher_cache import describe
+
+    t0 = time.perf_counter()
+    built = objective.build_cache(train, int(a.teacher_cache_gb * 2**30), a.out.parent / f".{a.out.name}.teacher-cache",
+                                  progress=not a.no_progress)
+    if built is None:
+        print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
+              "beside --out; the teacher runs every step")
+    else:
+        print(f"teacher targets cached once for all epochs: {describe(built.layout.nbytes)} in {built.where}, "
+              f"{time.perf_counter() - t0:.1f} s")
+    return built
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.plain_kd:
+        a.prototype_weights = a.expertise_weights = a.domain_term = False
+    from metakd.checkpoint import check_model_folder, read_config, read_metakd_info, save_checkpoint
+    from metakd.evaluation import evaluate
+    from metakd.objectives import Stage1Objective
+    from metakd.runtime import resolve_device, seed_everything
+    from metakd.trainer import Trainer, claim_output
+
+    proc = cli.processor(a.task)
+    cli.check_genre(a.genre, proc)
+    targs = cli.train_args(a)
+    targs.validate()
+    check_options(a)
     compat = a.compat
     device = resolve_device(a.device)
 
@@ -169,130 +257,21 @@ def main(argv=None) -> int:
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=a.genre)
     claim_output(a.out, inputs=[a.teacher, a.student, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)
-    teacher, _ = load_meta_checkpoint(a.teacher, verbose=False)
-    fit_size = teacher_cfg.hidden_size
-    if a.stage == "first" or student_layout != "metakd":
-        if a.stage == "second":
-            print(f"stage second from the pretrained {a.student}: no stage 1")
-        student, _ = build_from_pretrained(a.student, len(proc.labels), len(proc.domains), fit_size=fit_size,
-                                           head_init="framework" if compat == "easynlp" else "bert")
-    else:
-        student, info = load_meta_checkpoint(a.student, fit_size="keep", verbose=False)
-        if info.get("role") != "student_first":
-            print(f"note: {a.student} is not a stage-first output (role {info.get('role')!r}); continuing")
-    teacher, student = teacher.to(device), student.to(device)
-    for prm in teacher.parameters():
-        prm.requires_grad = False
-    # The reference leaves the teacher in training mode (dropout on); by default it is frozen.
-    teacher.train(compat == "easynlp")
-    teacher_fit = None
-    if compat == "easynlp" and a.stage == "first":
-        # EasyNLP loads the teacher as a student class, so its domain representation passes through
-        # a freshly random fit_dense (seeded by the run's seed).
-        teacher_fit = flow.nn.Linear(teacher_cfg.hidden_size, fit_size)
-        init_framework_default(teacher_fit)
-        teacher_fit = teacher_fit.to(device)
-        for prm in teacher_fit.parameters():
-            prm.requires_grad = False
+    teacher, student, teacher_fit = load_models(a, proc, teacher_cfg, student_layout, device)
 
     train = cli.encode_split(train_df, student_tok, proc, a.max_seq_length, compat, True, a.data_dir / cli.TRAIN_FILE)
     dev = cli.encode_split(dev_df, student_tok, proc, a.max_seq_length, compat, False, a.data_dir / cli.DEV_FILE)
     print(f"stage {a.stage} for {a.genre}: {len(train)} training / {len(dev)} dev examples; teacher "
           f"{teacher_cfg.num_hidden_layers}L/{teacher_cfg.hidden_size}H -> student {student_cfg.num_hidden_layers}L/"
           f"{student_cfg.hidden_size}H; device {device}; compat {compat}")
-    trim = compat != "easynlp"
     logits_key = teacher_logits_key(teacher_info, train, a.max_seq_length)
-    cache = None
-
     if a.stage == "first":
-        att_pairs = attention_pairs(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
-        hid_pairs = hidden_pairs(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers)
-        use_scores = compat != "easynlp"
-
-        def teacher_targets(batch):
-            """The teacher's mapped attention maps and hidden states, domain representation, logits."""
-            ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
-            t = teacher(ids, mask, types, compat=compat, output_hidden_states=True,
-                        output_attentions=not use_scores, output_attention_scores=use_scores)
-            t_att = t.backbone.attention_scores if use_scores else t.backbone.attentions
-            t_dom = teacher.domain_representation(t.content, doms)
-            if teacher_fit is not None:
-                t_dom = teacher_fit(t_dom)
-            return ([t_att[i] for _, i in att_pairs], [t.backbone.hidden_states[i] for _, i in hid_pairs], t_dom, t.logits)
-
-        def step_loss(batch, step):
-            ids, mask, types, doms = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["domains"]
-            s = student(ids, mask, types, compat=compat, output_hidden_states=True,
-                        output_attentions=a.attention_term and not use_scores,
-                        output_attention_scores=a.attention_term and use_scores)
-            with flow.no_grad():
-                if cache is not None:
-                    t_att, t_hid, t_dom, t_logits = cache.batch(batch["row_index"].numpy(), ids.shape[1], device)
-                else:
-                    t_att, t_hid, t_dom, t_logits = teacher_targets(batch)
-                weights = stage1_weights(batch["weights"], t_logits, batch["labels"], a.prototype_weights,
-                                         a.expertise_weights)
-            s_att = s.backbone.attention_scores if use_scores else s.backbone.attentions
-            x = Stage1Inputs(
-                student_attn=[s_att[j] for j, _ in att_pairs] if a.attention_term else [],
-                teacher_attn=list(t_att) if a.attention_term else [],
-                student_hidden=[student.fit(s.backbone.hidden_states[j]) for j, _ in hid_pairs],
-                teacher_hidden=t_hid,
-                student_domain=student.fit(student.domain_representation(s.content, doms)) if a.domain_term else None,
-                teacher_domain=t_dom if a.domain_term else None,
-                attention_mask=mask, weights=weights)
-            return stage1_loss(x, a.domain_loss_weight, compat)
-
+        objective = Stage1Objective(teacher, student, device, a.domain_loss_weight, compat, a.prototype_weights,
+                                    a.expertise_weights, a.domain_term, a.attention_term, teacher_fit)
         evaluate_fn = None
     else:
-        cached = None
-        if compat != "easynlp":
-            # A frozen teacher in eval mode gives the same logits every epoch: compute them once, or
-            # take the ones stage first computed for its cache (same teacher weights, same rows).
-            from metakd.evaluation import predict_logits
-
-            cached = load_teacher_logits(a.student, logits_key, len(train))
-            if cached is not None:
-                print(f"teacher logits from stage first ({a.student / TEACHER_LOGITS}): {len(train)} examples")
-            else:
-                t0 = time.perf_counter()
-                cached = predict_logits(teacher, train, 64, device, progress=not a.no_progress, desc="teacher logits")
-                print(f"teacher logits computed once for all epochs: {len(train)} examples, {time.perf_counter() - t0:.1f} s")
-
-        def step_loss(batch, step):
-            s = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat, logits_only=True)
-            if cached is not None:
-                t_logits = flow.tensor(cached[batch["row_index"].numpy()], device=device)
-            else:
-                with flow.no_grad():
-                    t_logits = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=compat,
-                                        logits_only=True).logits
-            return distillation_loss(s.logits, t_logits, batch["labels"], a.temperature, a.alpha, a.t_squared), {}
-
+        objective = stage2_objective(a, teacher, student, device, train, logits_key)
         evaluate_fn = lambda: evaluate(student, dev, proc.labels, 64, device, compat=compat)
-
-    def build_cache():
-        """Stage 1's frozen teacher gives the same targets every epoch: compute them once
-        (docs/design.md section 8.2); None when they fit neither memory nor disk, or in compat."""
-        if compat == "easynlp" or a.teacher_cache_gb <= 0:
-            return None
-        from metakd.cpu import parameter_views
-        from metakd.teacher_cache import Stage1TeacherCache, describe
-
-        spill = a.out.parent / f".{a.out.name}.teacher-cache"
-        t0 = time.perf_counter()
-        with parameter_views(list(teacher.parameters()) + list(teacher_fit.parameters() if teacher_fit else [])):
-            built = Stage1TeacherCache.build(teacher_targets, train, len(att_pairs), teacher_cfg.num_attention_heads,
-                                             len(hid_pairs), teacher_cfg.hidden_size, len(proc.labels), device,
-                                             budget_bytes=int(a.teacher_cache_gb * 2**30), spill_dir=spill,
-                                             progress=not a.no_progress)
-        if built is None:
-            print(f"note: the teacher's targets do not fit --teacher-cache-gb {a.teacher_cache_gb:g} nor the disk "
-                  "beside --out; the teacher runs every step")
-        else:
-            print(f"teacher targets cached once for all epochs: {describe(built.layout.nbytes)} in {built.where}, "
-                  f"{time.perf_counter() - t0:.1f} s")
-        return built
 
     role = "student_first" if a.stage == "first" else "student_second"
     stage1_logits = None
@@ -310,26 +289,19 @@ def main(argv=None) -> int:
         if stage1_logits is not None:
             save_teacher_logits(folder, stage1_logits, logits_key)
 
-    trainer = Trainer(student, train, step_loss, targs, device, a.out, save, evaluate=evaluate_fn, trim=trim,
+    trainer = Trainer(student, train, objective, targs, device, a.out, save, evaluate=evaluate_fn, trim=compat != "easynlp",
                       progress=not a.no_progress, rng_modules=[teacher],
                       stage=f"{a.genre}/{a.stage}",
-                      fingerprint={"teacher": str(a.teacher), "student": str(a.student), "data": str(a.data_dir),
-                                   "genre": a.genre, "compat": compat, "T": a.temperature, "len": a.max_seq_length,
-                                   "lambda": a.domain_loss_weight,
-                                   **({"ingredients": [a.prototype_weights, a.expertise_weights, a.domain_term,
-                                                       a.attention_term]}
-                                      if a.stage == "first" and not (a.prototype_weights and a.expertise_weights
-                                                                     and a.domain_term and a.attention_term) else {}),
-                                   **({"recipe": [a.alpha, a.t_squared]}
-                                      if a.stage == "second" and (a.alpha or a.t_squared) else {})})
+                      fingerprint=fingerprint(a))
+    cache = None
     if a.stage == "first":
         trainer.check_saved_state()  # a state this run would refuse: now, not after building the cache
-        cache = build_cache()
+        cache = build_stage1_cache(a, objective, train)
         stage1_logits = cache.logits if cache is not None else None  # close() keeps them
     try:
         results = trainer.fit()
     finally:
-        if a.stage == "first" and cache is not None:
+        if cache is not None:
             cache.close()
     if trainer.rank != 0:
         return 0  # the first process reports

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from metakd import cli
 from metakd.errors import UserError, cli_main
@@ -54,9 +53,9 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from metakd.checkpoint import check_model_folder, save_checkpoint
     from metakd.evaluation import evaluate
-    from metakd.losses import teacher_loss
     from metakd.meta_model import build_from_pretrained
-    from metakd.runtime import flow, resolve_device, seed_everything
+    from metakd.objectives import TeacherObjective
+    from metakd.runtime import resolve_device, seed_everything
     from metakd.trainer import Trainer, claim_output
 
     proc = cli.processor(a.task)
@@ -84,16 +83,8 @@ def main(argv=None) -> int:
     print(f"{role}: {len(train)} training examples ({', '.join(f'{d} {int((train.domains == i).sum())}' for i, d in enumerate(proc.domains))}), "
           f"{len(dev)} dev, device {device}, compat {a.compat}")
 
-    def step_loss(batch, step):
-        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], compat=a.compat)
-        domain_logits = corrupted = None
-        if a.use_domain_loss:
-            # The domain-corruption target: the batch's domain labels under a random permutation.
-            perm = np.random.default_rng([a.seed, step, 7]).permutation(len(batch["domains"]))
-            corrupted = batch["domains"][flow.tensor(perm, device=device)]
-            domain_logits = model.domain_logits(out.content, batch["domains"])
-        return teacher_loss(out.logits, batch["labels"], domain_logits, corrupted,
-                            batch["weights"] if a.use_sample_weights else None, a.domain_loss_weight)
+    objective = TeacherObjective(model, device, a.seed, a.use_sample_weights, a.use_domain_loss, a.domain_loss_weight,
+                                 a.compat)
 
     def save(folder, results):
         info = model.metakd_info(role, proc.labels, proc.domains, a.task)
@@ -101,7 +92,7 @@ def main(argv=None) -> int:
                     sample_weights=a.use_sample_weights, domain_loss=a.use_domain_loss)
         save_checkpoint(folder, model, model.config, info, vocab_from=a.model)
 
-    trainer = Trainer(model, train, step_loss, targs, device, a.out, save, progress=not a.no_progress,
+    trainer = Trainer(model, train, objective, targs, device, a.out, save, progress=not a.no_progress,
                       evaluate=lambda: evaluate(model, dev, proc.labels, 64, device, compat=a.compat),
                       trim=a.compat != "easynlp", stage=role if genre is None else f"{genre}/{role}",
                       fingerprint={"model": str(a.model), "data": str(a.data_dir), "compat": a.compat,

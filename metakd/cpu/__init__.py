@@ -16,9 +16,9 @@ parameters (and their names) staying OneFlow's:
 The same functions to float rounding; ``--cpu-kernels oneflow`` (every entry point) runs OneFlow's
 own kernels instead, the code that runs on CUDA.
 """
-from metakd.cpu.modules import install, uninstall
+from metakd.cpu.modules import install, plain_class, uninstall
 from metakd.cpu.state import KERNELS, active, current_kernels, set_kernels
 from metakd.cpu.views import numpy_scope, parameter_views, sync
 
-__all__ = ["KERNELS", "active", "current_kernels", "install", "numpy_scope", "parameter_views", "set_kernels", "sync",
+__all__ = ["KERNELS", "active", "current_kernels", "install", "numpy_scope", "parameter_views", "plain_class", "set_kernels", "sync",
            "uninstall"]

@@ -213,3 +213,8 @@ def uninstall(model: nn.Module) -> nn.Module:
             m.__class__ = plain
     return model
 
+
+
+def plain_class(module: nn.Module) -> type:
+    """The class ``install`` swapped out (the module's own class if none): names for reports."""
+    return _PLAIN.get(type(module), type(module))
