@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -167,3 +168,62 @@ def test_get_data_mnli_bad_options(tmp_path, fixture):
     r = run_cli(["--task", "senti", "--source", "synthetic", "--out", "out", "--data-portion", "0.5"], cwd=tmp_path)
     check_one_line_error(r, "TASK=senti splits the Amazon reviews exactly as EasyNLP")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_mnli_six_scripts_end_to_end(tmp_path):
+    """Real MNLI cannot be fetched offline: the fixture, served as MNLI.zip over HTTP, goes through the six
+    scripts with TASK=mnli (pairs with segment ids, three labels, five genres, DATA_PORTION) and tiny BERTs."""
+    import os
+    import subprocess
+    import sys
+
+    from _mnli import vocabulary
+    from metakd.data import synthetic
+
+    folder = tmp_path / "src" / "MNLI"
+    write_mnli(folder, n_train_per_genre=60, n_dev_per_genre=15, seed=4)
+    archive = zip_mnli(folder, tmp_path / "served" / "MNLI.zip")
+    models = tmp_path / "models"
+    words = vocabulary()
+    synthetic.make_tiny_bert_pair(models, seed=0, teacher={**synthetic.TINY_TEACHER, "vocab_words": words},
+                                  student={**synthetic.TINY_STUDENT, "vocab_words": words})
+    env = dict(os.environ, METAKD_PYTHON=sys.executable, TASK="mnli", DATA_DIR=str(tmp_path / "data"),
+               OUT_DIR=str(tmp_path / "out"), CACHE_DIR=str(tmp_path / "cache"), DEVICE="cpu", GENRE="travel",
+               TEACHER_MODEL=str(models / "tiny-teacher"), STUDENT_MODEL=str(models / "tiny-student"),
+               DATA_PORTION="0.8", MAX_SEQ_LENGTH="32", TEACHER_EPOCHS="3", TEACHER_LR="1e-3", STAGE1_EPOCHS="1",
+               STAGE1_LR="3e-3", STAGE2_EPOCHS="2", STAGE2_LR="3e-3", EVAL_EVERY="0", DOMAIN_LOSS_WEIGHT="0.1",
+               no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    root = Path(__file__).resolve().parents[1]
+    with FileServer(archive.parent) as server:
+        env["SOURCE"] = server.url + "/MNLI.zip"
+        for script in ("1_get_data.sh", "2_process_data.sh", "3_train_teacher.sh", "4_student_first.sh",
+                       "5_student_second.sh", "6_eval.sh"):
+            p = subprocess.run(["bash", script], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, f"{script}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    data, out = tmp_path / "data", tmp_path / "out"
+    weights = tasks.read_pair_split(data / "train.tsv")
+    standard = pd.read_csv(data / "train_with_weights.tsv", sep="\t", quoting=3, keep_default_na=False)
+    assert (standard["text_b"] != "").all() and len(standard) == len(weights)  # pairs reach the standard files
+    # What every stage feeds the models: [CLS] a [SEP] b [SEP], segment 1 on b and its [SEP].
+    from metakd.features import encode
+    from metakd.tokenization import BertTokenizer
+
+    tok = BertTokenizer.from_pretrained(models / "tiny-teacher")
+    enc = encode(standard, tok, mnli.MNLI_LABELS, mnli.MNLI_DOMAINS, 32)
+    for r in range(0, len(enc), 37):
+        ids = enc.input_ids[r][enc.attention_mask[r] == 1].tolist()
+        a, b = tok.tokenize(standard["text_a"][r]), tok.tokenize(standard["text_b"][r])
+        if len(a) + len(b) + 3 <= 32:  # not truncated
+            assert ids == tok.convert_tokens_to_ids(["[CLS]", *a, "[SEP]", *b, "[SEP]"])
+            assert enc.token_type_ids[r][: len(ids)].tolist() == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    assert json.loads((data / "prototypes.json").read_text())["prototypes"] == "domain"
+    for model in (out / "meta_teacher", out / "travel" / "meta_student_finetune"):
+        info = json.loads((model / "config.json").read_text())["metakd"]
+        assert (info["task"], info["labels"], info["domains"]) == ("mnli", list(mnli.MNLI_LABELS), list(GENRES))
+    result = json.loads((out / "eval_test.json").read_text())["results"]["travel"]
+    n_test = sum(1 for r in write_mnli(tmp_path / "again", 60, 15, 4)["dev"]
+                 if r["genre"] == "travel" and r["gold_label"] != "-")
+    assert result["student"]["n"] == result["meta-teacher"]["n"] == n_test
+    # Three epochs of a tiny random teacher on ~240 pairs: the run is the point, not the accuracy.
+    assert 0.0 <= result["student"]["accuracy"] <= 1.0, result
