@@ -175,6 +175,7 @@ def script_env(tmp_path, **extra):
     return env
 
 
+@pytest.mark.slow
 def test_own_data_six_scripts_end_to_end(tmp_path):
     """README's worked example (tools/own_data_example.sh): a generated 3-domain, 3-label CSV through
     the six scripts with TASK=tsv; the student beats chance (1/3) on its domain's test rows."""
