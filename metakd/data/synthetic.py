@@ -386,6 +386,12 @@ def write_synthetic_table(path: PathLike, rows_per_class: int = 40, seed: int = 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m metakd.data.synthetic --table FILE``: the generated table of TASK=tsv's worked
     example, and tiny random BERTs whose vocabulary holds its words."""
+    from metakd.errors import cli_main
+
+    return cli_main(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     import argparse
 
     from metakd.cli import Parser
@@ -401,17 +407,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--models-out", default=None, help="also write tiny-teacher and tiny-student here")
     a = p.parse_args(argv)
     if a.rows_per_class < 1:
-        raise SystemExit(f"error: {p.prog}: --rows-per-class must be >= 1, got {a.rows_per_class}")
-    try:
-        path = write_synthetic_table(a.table, a.rows_per_class, a.seed)
-        print(f"wrote {path} ({3 * 3 * a.rows_per_class} rows)")
-        if a.models_out:
-            words = table_vocabulary()
-            t, s = make_tiny_bert_pair(a.models_out, seed=a.seed, teacher={**TINY_TEACHER, "vocab_words": words},
-                                       student={**TINY_STUDENT, "vocab_words": words})
-            print(f"wrote tiny BERTs: teacher {t}, student {s}")
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UserError(f"--rows-per-class must be >= 1, got {a.rows_per_class}")
+    if not 0 <= a.seed < 2 ** 32:
+        raise UserError(f"--seed must be in [0, 2^32), got {a.seed}")
+    path = write_synthetic_table(a.table, a.rows_per_class, a.seed)
+    print(f"wrote {path} ({3 * 3 * a.rows_per_class} rows)")
+    if a.models_out:
+        words = table_vocabulary()
+        t, s = make_tiny_bert_pair(a.models_out, seed=a.seed, teacher={**TINY_TEACHER, "vocab_words": words},
+                                   student={**TINY_STUDENT, "vocab_words": words})
+        print(f"wrote tiny BERTs: teacher {t}, student {s}")
     return 0
 
 
