@@ -11,6 +11,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from metakd.data import synthetic, table, tasks
@@ -206,3 +208,42 @@ def test_scripts_pass_task_and_refuse_a_mismatch(tmp_path):
                        env=script_env(tmp_path, TEACHER_MODEL=tmp_path / "bert", MAX_SEQ_LENGTH=16))
     check_one_line_error(p, "holds TASK=tsv data", "set TASK=tsv")
     assert not (tmp_path / "data" / "train_with_weights.tsv").exists()
+
+
+def test_synthetic_table_shape_and_determinism():
+    df = synthetic.make_synthetic_table(rows_per_class=7, seed=2)
+    assert list(df.columns) == ["id", "product", "message", "category"] and len(df) == 63
+    assert df.groupby(["product", "category"]).size().to_dict() == {
+        (d, l): 7 for d in ("laptop", "phone", "router") for l in ("complaint", "question", "praise")}
+    assert df.equals(synthetic.make_synthetic_table(rows_per_class=7, seed=2))
+    assert not df.equals(synthetic.make_synthetic_table(rows_per_class=7, seed=3))
+
+
+@pytest.mark.parametrize("prototypes", ["domain", "class"])
+def test_process_data_prototypes_against_numpy(tmp_path, prototypes):
+    """2_process_data's weights on TASK=tsv pairs: the scores of the saved embeddings, recomputed by the
+    numpy formulas written out in test_prototypes.py (PROTOTYPES=class: per domain and label)."""
+    from _tiny import call_main
+    from test_prototypes import np_class_scores, np_scores
+
+    rows = [[f"{d} {l} words {i}", f"second {l} {i % 3}", l, d] for d in ("a", "b", "c") for l in ("x", "y", "z")
+            for i in range(6)]
+    write_rows(tmp_path / "data.csv", ["message", "reply", "category", "product"], rows)
+    r = run_cli(["--task", "tsv", "--source", "data.csv", "--out", "data", "--text-b-column", "reply", *COLUMNS],
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    bert = synthetic.make_tiny_bert(tmp_path / "bert", num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32)
+    code, out, err = call_main("metakd.process_data", ["--task", "tsv", "--data-dir", tmp_path / "data",
+                                                       "--teacher-model", bert, "--max-seq-length", 24, "--device", "cpu",
+                                                       "--no-progress", "--save-embeddings", "--prototypes", prototypes])
+    assert code == 0, err
+    data = tmp_path / "data"
+    train = tasks.read_pair_split(data / "train.tsv")
+    assert json.loads((data / "prototypes.json").read_text())["prototypes"] == prototypes
+    got = pd.read_csv(data / "train_with_weights.tsv", sep="\t", quoting=3, keep_default_na=False)
+    assert got["text_b"].tolist() == train["text_b"].tolist()
+    emb = np.load(data / "train.embeddings.npy")
+    domains = np.array([["a", "b", "c"].index(d) for d in train["domain"]])
+    labels = np.array([["x", "y", "z"].index(y) for y in train["label"]])
+    want = np_class_scores(emb, domains, labels) if prototypes == "class" else np_scores(emb, domains)
+    np.testing.assert_allclose(got["weight"].to_numpy(), want, atol=1e-10)
