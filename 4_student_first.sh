@@ -7,8 +7,8 @@
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"                                     # target domain: books | dvd | electronics | kitchen (mnli: fiction | government | slate | telephone | travel; tsv: a domain of your data)
-TASK="${TASK:-senti}"             # senti | mnli | tsv: the same TASK as 1_get_data.sh
-DATA_DIR="${DATA_DIR:-data/${TASK^^}}"  # data/SENTI, data/MNLI or data/TSV
+TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/MNLI or data/TSV
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher (3_train_teacher.sh)
 STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # the checkpoint folder to write

@@ -7,8 +7,8 @@
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"
-TASK="${TASK:-senti}"             # senti | mnli | tsv: the same TASK as 1_get_data.sh
-DATA_DIR="${DATA_DIR:-data/${TASK^^}}"  # data/SENTI, data/MNLI or data/TSV
+TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/MNLI or data/TSV
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher
 STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # stage 1's student (4_student_first.sh)

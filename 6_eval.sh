@@ -4,8 +4,8 @@
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"                   # a genre, or all
-TASK="${TASK:-senti}"             # senti | mnli | tsv: the same TASK as 1_get_data.sh
-DATA_DIR="${DATA_DIR:-data/${TASK^^}}"  # data/SENTI, data/MNLI or data/TSV
+TASK="${TASK:-senti}"                     # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"    # data/SENTI, data/MNLI or data/TSV
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"  # the teacher shown for reference
 NO_TEACHER="${NO_TEACHER:-0}"             # 1: the student only (e.g. the student alone, with no teacher trained)

@@ -247,3 +247,17 @@ def test_process_data_prototypes_against_numpy(tmp_path, prototypes):
     labels = np.array([["x", "y", "z"].index(y) for y in train["label"]])
     want = np_class_scores(emb, domains, labels) if prototypes == "class" else np_scores(emb, domains)
     np.testing.assert_allclose(got["weight"].to_numpy(), want, atol=1e-10)
+
+
+def test_evaluate_refuses_a_model_with_other_labels(tmp_path):
+    """A checkpoint stores its labels; 6_eval.sh on data with other labels says so instead of scoring."""
+    from _tiny import call_main, make_checkpoint
+
+    write_one(tmp_path, small_rows(10))
+    r = run_cli(["--task", "tsv", "--source", "data.csv", "--out", "data", *COLUMNS], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = make_checkpoint(tmp_path / "senti_model", role="student_second", genre="books")
+    code, _, err = call_main("metakd.evaluate", ["--task", "tsv", "--data-dir", tmp_path / "data", "--genre", "a",
+                                                 "--student", model, "--no-teacher", "--device", "cpu"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the model was trained for labels positive, negative, but this data's are x, y, z" in err
