@@ -5,7 +5,8 @@
 #    with TEACHER_GENRE=books too, BERT-s (one genre); set TEACHER_DIR so they do not replace the meta-teacher.
 cd "$(dirname "$0")" && source tools/common.sh
 
-DATA_DIR="${DATA_DIR:-data/SENTI}"                          # from 2_process_data.sh
+TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # from 2_process_data.sh
 TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # pretrained BERT folder to start from
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the checkpoint folder to write
@@ -31,7 +32,7 @@ flags=(--save-every "$SAVE_EVERY")
 [ "$RESTART" = 1 ] && flags+=(--restart)
 [ "$USE_SAMPLE_WEIGHTS" = 1 ] || flags+=(--no-sample-weights)
 [ "$USE_DOMAIN_LOSS" = 1 ] || flags+=(--no-domain-loss)
-DISTRIBUTED=1 run_metakd train_teacher --data-dir "$DATA_DIR" --model "$TEACHER_MODEL" --out "$TEACHER_DIR" \
+DISTRIBUTED=1 run_metakd train_teacher --task "$TASK" --data-dir "$DATA_DIR" --model "$TEACHER_MODEL" --out "$TEACHER_DIR" \
   --genre "$TEACHER_GENRE" \
   --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" \
   --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \

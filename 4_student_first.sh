@@ -6,8 +6,9 @@
 #    USE_PROTOTYPE_WEIGHTS / USE_EXPERTISE_WEIGHTS / USE_DOMAIN_TERM=0 switch off one ingredient each.
 cd "$(dirname "$0")" && source tools/common.sh
 
-GENRE="${GENRE:-books}"                                     # target domain: books | dvd | electronics | kitchen
-DATA_DIR="${DATA_DIR:-data/SENTI}"
+GENRE="${GENRE:-books}"                                     # target domain: books | dvd | electronics | kitchen (mnli: fiction | government | slate | telephone | travel; tsv: a domain of your data)
+TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/MNLI or data/TSV
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher (3_train_teacher.sh)
 STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # the checkpoint folder to write
@@ -39,7 +40,7 @@ flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 [ "$USE_DOMAIN_TERM" = 1 ] || flags+=(--no-domain-term)
 [ "$USE_ATTENTION_TERM" = 1 ] || flags+=(--no-attention-term)
 [ "$PLAIN_KD" = 1 ] && flags+=(--plain-kd)
-DISTRIBUTED=1 run_metakd distill --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
+DISTRIBUTED=1 run_metakd distill --task "$TASK" --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STUDENT_MODEL" --out "$STAGE1_DIR" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
   --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" \
   --log-every "$LOG_EVERY" --seed "$SEED" --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT" "${flags[@]}"

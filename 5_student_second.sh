@@ -7,7 +7,8 @@
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"
-DATA_DIR="${DATA_DIR:-data/SENTI}"
+TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/MNLI or data/TSV
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher
 STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # stage 1's student (4_student_first.sh)
@@ -39,7 +40,7 @@ if [ "$STUDENT_ALONE" = 1 ]; then
   [[ "$STAGE1_EPOCHS" =~ ^[0-9]+$ && "$STAGE2_EPOCHS" =~ ^[0-9]+$ ]] || {
     echo "error: 5_student_second.sh: STAGE1_EPOCHS=$STAGE1_EPOCHS, STAGE2_EPOCHS=$STAGE2_EPOCHS; STUDENT_ALONE needs whole numbers of epochs" >&2; exit 2; }
   # The same fine-tuning as the teachers', on the student and GENRE's rows only: no teacher is loaded.
-  DISTRIBUTED=1 run_metakd train_teacher --genre "$GENRE" --data-dir "$DATA_DIR" --model "$STUDENT_MODEL" \
+  DISTRIBUTED=1 run_metakd train_teacher --task "$TASK" --genre "$GENRE" --data-dir "$DATA_DIR" --model "$STUDENT_MODEL" \
     --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/student_alone}" --no-sample-weights --no-domain-loss \
     --epochs "$((10#$STAGE1_EPOCHS + 10#$STAGE2_EPOCHS))" --lr "$STAGE2_LR" --batch-size "$BATCH_SIZE" \
     --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \
@@ -48,7 +49,7 @@ if [ "$STUDENT_ALONE" = 1 ]; then
 fi
 [ "$SKIP_STAGE1" = 1 ] && STAGE1_DIR="$STUDENT_MODEL"
 [ "$T_SQUARED" = 1 ] && flags+=(--t-squared)
-DISTRIBUTED=1 run_metakd distill --stage second --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
+DISTRIBUTED=1 run_metakd distill --task "$TASK" --stage second --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STAGE1_DIR" --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/meta_student_finetune}" \
   --epochs "$STAGE2_EPOCHS" --lr "$STAGE2_LR" --temperature "$TEMPERATURE" --alpha "$ALPHA" --batch-size "$BATCH_SIZE" \
   --max-seq-length "$MAX_SEQ_LENGTH" --eval-every "$EVAL_EVERY" --log-every "$LOG_EVERY" --seed "$SEED" \

@@ -4,7 +4,8 @@
 cd "$(dirname "$0")" && source tools/common.sh
 
 GENRE="${GENRE:-books}"                   # a genre, or all
-DATA_DIR="${DATA_DIR:-data/SENTI}"
+TASK="${TASK:-senti}"                     # senti | mnli | tsv: the same TASK as 1_get_data.sh
+DATA_DIR="${DATA_DIR:-data/${TASK^^}}"    # data/SENTI, data/MNLI or data/TSV
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"  # the teacher shown for reference
 NO_TEACHER="${NO_TEACHER:-0}"             # 1: the student only (e.g. the student alone, with no teacher trained)
@@ -16,5 +17,5 @@ CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (fas
 flags=()
 [ -n "$STUDENT_DIR" ] && flags+=(--student "$STUDENT_DIR")
 [ "$NO_TEACHER" = 1 ] && flags+=(--no-teacher)
-run_metakd evaluate --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} \
+run_metakd evaluate --task "$TASK" --genre "$GENRE" --data-dir "$DATA_DIR" --out-root "$OUT_DIR" --split "$SPLIT" --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} \
   --teacher "$TEACHER_DIR" "${flags[@]}"

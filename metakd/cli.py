@@ -78,7 +78,9 @@ def check_batch_size(a: argparse.Namespace) -> None:
 
 def add_common(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
     g = p.add_argument_group("common")
-    g.add_argument("--task", default="senti", choices=["senti"], help="dataset and its labels/domains")
+    g.add_argument("--task", default="senti", choices=["senti", "mnli", "tsv"],
+                   help="dataset: senti (Amazon reviews), mnli (GLUE MNLI), tsv (your own data); mnli and tsv read "
+                        "their labels and domains from --data-dir's task.json")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--compat", default="none", choices=["none", "easynlp"],
                    help="'easynlp' reproduces EasyNLP's numerics (docs/design.md section 3) for side-by-side checks")
@@ -116,12 +118,12 @@ def train_args(a: argparse.Namespace):
                      adamw="huggingface" if getattr(a, "compat", "none") == "easynlp" else "pytorch")
 
 
-def processor(task: str):
-    from metakd.data.senti import SentiProcessor
+def processor(task: str, data_dir: Optional[Path] = None):
+    """The task's labels, domains and file readers (metakd.data.tasks.processor); ``data_dir``, the
+    folder 1_get_data.sh wrote, is where mnli and tsv find their task.json."""
+    from metakd.data.tasks import processor as task_processor
 
-    if task == "senti":
-        return SentiProcessor()
-    raise UserError(f"unknown task {task!r}")
+    return task_processor(task, data_dir)
 
 
 def check_seq_length(max_seq_length: int, *configs) -> None:

@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     from metakd.runtime import resolve_device, seed_everything
     from metakd.trainer import Trainer, claim_output
 
-    proc = cli.processor(a.task)
+    proc = cli.processor(a.task, a.data_dir)
     cli.check_genre(a.genre, proc)
     targs = cli.train_args(a)
     targs.validate()

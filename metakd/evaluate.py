@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from metakd.meta_model import load_meta_checkpoint
     from metakd.runtime import resolve_device
 
-    proc = cli.processor(a.task)
+    proc = cli.processor(a.task, a.data_dir)
     split_file = a.data_dir / (cli.TEST_FILE if a.split == "test" else cli.DEV_FILE)
     if a.genre == "all":
         if a.student is not None:
@@ -72,7 +72,12 @@ def main(argv=None) -> int:
             raise UserError(f"no {role} here; run {step} first (or point "
                             f"{'STUDENT_DIR' if role == 'student' else 'TEACHER_DIR'} at one)", folder)
         check_model_folder(folder, metakd=True)
-        read_metakd_info(folder)
+        labels = read_metakd_info(folder).get("labels")
+        if labels is not None and list(labels) != list(proc.labels):
+            # Label ids index the classifier's outputs: other names or another order would score nonsense.
+            raise UserError(f"the model was trained for labels {', '.join(map(str, labels))}, but this data's are "
+                            f"{', '.join(proc.labels)}; evaluate it on the data (DATA_DIR, TASK) it was trained on",
+                            folder)
     for g in genres:
         cli.read_standard(split_file, proc, genre=g)
 

@@ -6,6 +6,12 @@ reads ``train.tsv``, ``dev.tsv``, ``test.tsv`` and writes ``train_with_weights.t
 prototype score of every training example in ``weight``), ``dev_standard.tsv`` and
 ``test_standard.tsv`` (weight 0), all in the standard schema, plus ``prototypes.json``
 (per-domain score statistics and how they were made).
+
+Prototypes (``--prototypes``): ``domain`` (the default, as EasyNLP and the original scripts)
+averages each domain's examples with all labels pooled; ``class`` averages each domain's
+examples of one label, the paper's class prototypes (metakd.prototypes). For sentence pairs
+(``TASK=mnli``, or a ``tsv`` second text) the embedding averages the tokens of both sentences and
+both [SEP]s (``[CLS] a [SEP] b [SEP]``, [CLS] left out).
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ def build_parser():
     p.add_argument("--teacher-model", type=Path, required=True,
                    help="pretrained BERT folder whose mean token embeddings define the prototypes")
     p.add_argument("--save-embeddings", action="store_true", help="also write train.embeddings.npy [N,H]")
+    p.add_argument("--prototypes", default="domain", choices=["domain", "class"],
+                   help="domain: one centroid per domain, labels pooled (EasyNLP's); class: one per domain and label "
+                        "(the paper's class prototypes)")
     cli.add_common(p, batch_size=64)
     return p
 
@@ -34,12 +43,12 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, load_backbone
-    from metakd.data.senti import read_split_tsv, split_to_standard, write_standard_tsv
+    from metakd.data.senti import write_standard_tsv
     from metakd.features import encode
-    from metakd.prototypes import mean_embeddings, prototype_scores
+    from metakd.prototypes import class_prototype_scores, mean_embeddings, prototype_scores
     from metakd.runtime import rank, resolve_device, seed_everything
 
-    proc = cli.processor(a.task)
+    proc = cli.processor(a.task, a.data_dir)
     paths = {s: a.data_dir / f"{s}.tsv" for s in ("train", "dev", "test")}
     for p in paths.values():
         if not p.exists():
@@ -47,19 +56,23 @@ def main(argv=None) -> int:
     check_model_folder(a.teacher_model)
     device = resolve_device(a.device)
     seed_everything(a.seed)
-    splits = {s: read_split_tsv(p, domains=proc.domains) for s, p in paths.items()}
+    standard = {s: proc.standard_split(p, s) for s, p in paths.items()}
     backbone, _ = load_backbone(a.teacher_model)
     cli.check_seq_length(a.max_seq_length, backbone.config)
     backbone = backbone.to(device)
     tokenizer = cli.load_tokenizer(a.teacher_model)
 
-    train = split_to_standard(splits["train"], "train")
-    # The reference embeds single sentences ([CLS] text [SEP]) in both numerics.
+    train = standard["train"]
+    # The reference embeds single sentences ([CLS] text [SEP]) in both numerics; pairs are
+    # embedded as the models read them, [CLS] a [SEP] b [SEP].
     enc = encode(train, tokenizer, proc.labels, proc.domains, a.max_seq_length, source=str(paths["train"]))
     t0 = time.perf_counter()
     emb = mean_embeddings(backbone, enc, a.batch_size, device, compat=a.compat, progress=not a.no_progress)
     seconds = time.perf_counter() - t0
-    scores = prototype_scores(emb, enc.domains, len(proc.domains))
+    if a.prototypes == "class":
+        scores = class_prototype_scores(emb, enc.domains, enc.labels)
+    else:
+        scores = prototype_scores(emb, enc.domains, len(proc.domains))
     if rank() != 0:
         return 0  # under the launcher every process has all embeddings; the first one writes
     train["weight"] = scores
@@ -73,13 +86,14 @@ def main(argv=None) -> int:
     cli.print_table(rows, ["domain", "n", "mean", "min", "max"])
     with atomic_files(a.data_dir) as stage:  # the standard files and prototypes.json: all new or all old
         write_standard_tsv(train, stage / cli.TRAIN_FILE)
-        write_standard_tsv(split_to_standard(splits["dev"], "dev"), stage / cli.DEV_FILE)
-        write_standard_tsv(split_to_standard(splits["test"], "test"), stage / cli.TEST_FILE)
+        write_standard_tsv(standard["dev"], stage / cli.DEV_FILE)
+        write_standard_tsv(standard["test"], stage / cli.TEST_FILE)
         if a.save_embeddings:
             with atomic_open(stage / "train.embeddings.npy", "wb") as f:
                 np.save(f, emb)
         write_json(stage / "prototypes.json", {
             "teacher_model": str(a.teacher_model), "compat": a.compat, "max_seq_length": a.max_seq_length,
+            "prototypes": a.prototypes,
             "per_domain": rows, "embedding_seconds": round(seconds, 3),
             "files": [cli.TRAIN_FILE, cli.DEV_FILE, cli.TEST_FILE]})
     print(f"wrote {a.data_dir / cli.TRAIN_FILE}, {cli.DEV_FILE}, {cli.TEST_FILE}")

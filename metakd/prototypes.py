@@ -3,6 +3,7 @@
 score_i = (cos(e_i, c_d) + cos(e_i, mean of the other domains' centroids)) / 2, where e_i is the
 pretrained teacher's mean token embedding of example i and c_d the mean embedding of domain d
 (both labels together), as in the reference (docs/reference.md section 2.3).
+:func:`class_prototype_scores` is the per-class variant (``--prototypes class``).
 """
 from __future__ import annotations
 
@@ -55,4 +56,33 @@ def prototype_scores(embeddings: np.ndarray, domains: np.ndarray, num_domains: i
         rows = domains == d
         outside = np.mean([centroids[o] for o in present if o != d], axis=0)
         scores[rows] = (_cos(emb[rows], centroids[d]) + _cos(emb[rows], outside)) / 2.0
+    return scores
+
+
+def class_prototype_scores(embeddings: np.ndarray, domains: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[N,H] embeddings, [N] domain ids, [N] label ids -> [N] float64 scores in [-1, 1], with
+    class prototypes (the paper's; OF-B's variant, docs/reference.md section 2.3):
+
+        c_{d,y} = mean embedding of domain d's training rows with label y
+        o_{d,y} = mean of c_{d',y} over the other domains d' that have label y
+                  (none has it: the mean of the other domains' pooled centroids c_{d'})
+        score_i = (cos(e_i, c_{d_i,y_i}) + cos(e_i, o_{d_i,y_i})) / 2
+
+    An example is compared with the prototype of its own class: how typical it is of its label in
+    its domain, and of that label elsewhere.
+    """
+    emb = embeddings.astype(np.float64)
+    present = sorted(set(domains.tolist()))
+    if len(present) < 2:
+        raise UserError("prototype scores compare each domain with the others: the training data has only "
+                        f"{len(present)} domain; give it at least two")
+    pooled = {d: emb[domains == d].mean(axis=0) for d in present}
+    centroids = {(d, y): emb[(domains == d) & (labels == y)].mean(axis=0)
+                 for d, y in sorted(set(zip(domains.tolist(), labels.tolist())))}
+    scores = np.zeros(len(emb))
+    for (d, y), c in centroids.items():
+        rows = (domains == d) & (labels == y)
+        others = [centroids[(o, y)] for o in present if o != d and (o, y) in centroids]
+        outside = np.mean(others if others else [pooled[o] for o in present if o != d], axis=0)
+        scores[rows] = (_cos(emb[rows], c) + _cos(emb[rows], outside)) / 2.0
     return scores

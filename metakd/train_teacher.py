@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from metakd.runtime import resolve_device, seed_everything
     from metakd.trainer import Trainer, claim_output
 
-    proc = cli.processor(a.task)
+    proc = cli.processor(a.task, a.data_dir)
     targs = cli.train_args(a)
     targs.validate()
     if not 0 <= a.domain_loss_weight < float("inf"):

@@ -17,7 +17,7 @@ from conftest import ROOT, SORTED_DATA, needs_data
 
 SCRIPTS = ["1_get_data.sh", "2_process_data.sh", "3_train_teacher.sh", "4_student_first.sh",
            "5_student_second.sh", "6_eval.sh"]
-MODULES = ["get_data", "process_data", "train_teacher", "distill", "evaluate", "compare", "make_student"]
+MODULES = ["get_data", "process_data", "train_teacher", "distill", "evaluate", "compare", "make_student", "data.synthetic"]
 
 
 def script_env(tmp_path, **extra):

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from metakd.errors import UserError
 from metakd.features import Encoded
 from metakd.bert import BertModel
-from metakd.prototypes import mean_embeddings, prototype_scores
+from metakd.prototypes import class_prototype_scores, mean_embeddings, prototype_scores
 from metakd.runtime import flow
 
 
@@ -48,6 +48,53 @@ def test_prototype_scores_hand_example():
     got = prototype_scores(emb, np.array([0, 0, 1]), 2)
     r = 1 / math.sqrt(2)
     np.testing.assert_allclose(got, [(r + 1.0) / 2, (r + 0.0) / 2, (1.0 + r) / 2], atol=1e-12)
+
+
+def np_class_scores(emb: np.ndarray, domains: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Class prototypes written out row by row: c_{d,y} = mean of domain d's rows of label y; the
+    outside prototype is the mean of c_{d',y} over the other domains with label y (else of the
+    other domains' pooled centroids)."""
+    emb = emb.astype(np.float64)
+    out = []
+    for e, d, y in zip(emb, domains, labels):
+        own = [x for x, dd, yy in zip(emb, domains, labels) if dd == d and yy == y]
+        c = sum(own) / len(own)
+        others = []
+        for o in sorted(set(domains.tolist()) - {d}):
+            members = [x for x, dd, yy in zip(emb, domains, labels) if dd == o and yy == y]
+            if members:
+                others.append(sum(members) / len(members))
+        if not others:
+            for o in sorted(set(domains.tolist()) - {d}):
+                members = [x for x, dd in zip(emb, domains) if dd == o]
+                others.append(sum(members) / len(members))
+        out.append((_cos(e, c) + _cos(e, sum(others) / len(others))) / 2.0)
+    return np.array(out)
+
+
+def test_class_prototype_scores_against_numpy():
+    rng = np.random.default_rng(2)
+    domains = np.array([0, 1, 2, 0, 0, 1, 2, 2, 1, 0, 2, 1, 0, 1, 2, 2])
+    labels = np.array([0, 1, 2, 1, 2, 0, 0, 1, 2, 0, 2, 1, 1, 1, 0, 2])
+    labels[domains == 2] = np.where(labels[domains == 2] == 0, 1, labels[domains == 2])  # label 0 absent in domain 2
+    labels[-1] = 3  # label 3 only in domain 2: falls back to the other domains' pooled centroids
+    emb = (rng.normal(size=(16, 6)) + labels[:, None] * 0.5 + domains[:, None] * 0.3).astype(np.float32)
+    got = class_prototype_scores(emb, domains, labels)
+    assert got.dtype == np.float64 and got.shape == (16,)
+    np.testing.assert_allclose(got, np_class_scores(emb, domains, labels), atol=1e-12, rtol=1e-10)
+    # Not the domain prototypes: the per-class ones score each row against its own class.
+    assert np.abs(got - prototype_scores(emb, domains, 3)).max() > 1e-3
+
+
+def test_class_prototype_scores_hand_example():
+    # domain 0: label 0 e=(1,0), label 1 e=(0,1); domain 1: label 0 e=(1,1), label 1 e=(0,2)
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 2.0]], np.float32)
+    got = class_prototype_scores(emb, np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]))
+    r = 1 / math.sqrt(2)
+    # row 0: own (1,0) -> 1; outside = domain 1's label-0 prototype (1,1) -> r; row 1: 1 and (0,2) -> 1
+    np.testing.assert_allclose(got, [(1 + r) / 2, 1.0, (1 + r) / 2, 1.0], atol=1e-12)
+    with pytest.raises(UserError, match="only 1 domain"):
+        class_prototype_scores(emb, np.zeros(4, np.int64), np.array([0, 1, 0, 1]))
 
 
 def test_prototype_scores_absent_domains_ignored():

@@ -551,5 +551,9 @@ class SentiProcessor:
     def read_split(self, data_dir: PathLike, split: str) -> pd.DataFrame:
         return read_split_tsv(self.split_path(data_dir, split))
 
+    def standard_split(self, path: PathLike, split: str) -> pd.DataFrame:
+        """A split file as a standard frame (single sentences, weight 0)."""
+        return split_to_standard(read_split_tsv(path, domains=self.domains), split)
+
     def read_standard(self, path: PathLike) -> pd.DataFrame:
         return read_standard_tsv(path, labels=self.labels)

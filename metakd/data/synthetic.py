@@ -309,3 +309,116 @@ def make_tiny_bert_pair(models_dir: PathLike, seed: int = 0,
     t = make_tiny_bert(models_dir / "tiny-teacher", seed=seed, **(teacher or TINY_TEACHER))
     s = make_tiny_bert(models_dir / "tiny-student", seed=seed + 1, **(student or TINY_STUDENT))
     return t, s
+
+
+# ------------------------------------------------------------------ a table for TASK=tsv
+
+# Support messages about three products (the domains), of three kinds (the labels): what a
+# user's own multi-domain data might look like. Words shared by all products carry the kind,
+# product words carry it more strongly in their product, topic words name the product.
+TABLE_LABELS = ("complaint", "question", "praise")
+TABLE_SHARED = {
+    "complaint": ["broken", "refund", "annoyed", "failed", "stopped", "unacceptable"],
+    "question": ["how", "where", "can", "does", "which", "when"],
+    "praise": ["thanks", "great", "love", "excellent", "impressed", "smooth"],
+}
+TABLE_DOMAINS = {
+    "phone": {"complaint": ["overheats", "cracked"], "question": ["unlock", "esim"], "praise": ["snappy", "gorgeous"],
+              "topic": ["phone", "camera", "screen", "battery", "sim", "call"]},
+    "laptop": {"complaint": ["hinge", "bluescreen"], "question": ["drivers", "bios"], "praise": ["light", "silent"],
+               "topic": ["laptop", "keyboard", "trackpad", "fan", "charger", "display"]},
+    "router": {"complaint": ["dropouts", "reboots"], "question": ["firmware", "ssid"], "praise": ["coverage", "stable"],
+               "topic": ["router", "wifi", "signal", "cable", "modem", "network"]},
+}
+TABLE_FILLER = ["the", "my", "it", "is", "a", "since", "i", "we", "this", "and", "to", "with", "after",
+                "update", "yesterday", "order", "please", "really", "now", "still", "again", "you"]
+TABLE_COLUMNS = ("id", "product", "message", "category")
+
+
+def table_vocabulary() -> List[str]:
+    """Every word the synthetic table uses, in a fixed order."""
+    words = [w for label in TABLE_LABELS for w in TABLE_SHARED[label]] + TABLE_FILLER
+    words += [w for d in TABLE_DOMAINS.values() for k in (*TABLE_LABELS, "topic") for w in d[k]]
+    return list(dict.fromkeys(words))
+
+
+def make_synthetic_table(rows_per_class: int = 40, seed: int = 0) -> pd.DataFrame:
+    """A 3-domain (product), 3-label (category) table with columns id, product, message, category.
+
+    Each message has 2-4 words of its category (shared or product-specific), 1-2 topic words of
+    its product and filler; ``LABEL_NOISE`` of them are written with another category's words.
+    Some messages hold a comma or a quoted word (CSV quoting). The same seed gives the same table.
+    """
+    rng = np.random.default_rng(seed)
+    records = []
+    for domain, words in TABLE_DOMAINS.items():
+        for label in TABLE_LABELS:
+            for _ in range(rows_per_class):
+                kind = label
+                if rng.random() < LABEL_NOISE:
+                    kind = str(rng.choice([k for k in TABLE_LABELS if k != label]))
+                pool = TABLE_SHARED[kind] + words[kind] * 2
+                body = [str(w) for w in rng.choice(pool, size=int(rng.integers(2, 5)))]
+                body += [str(w) for w in rng.choice(words["topic"], size=int(rng.integers(1, 3)))]
+                body += [str(w) for w in rng.choice(TABLE_FILLER, size=int(rng.integers(2, 7)))]
+                rng.shuffle(body)
+                if rng.random() < 0.2:
+                    body[0] = f'"{body[0]}"'
+                if rng.random() < 0.2:
+                    body[-1] += ","
+                    body.append(str(rng.choice(TABLE_FILLER)))
+                text = " ".join(body)
+                records.append((f"m{len(records):05d}", domain, text[0].upper() + text[1:] + ".", label))
+    return pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
+
+
+def write_synthetic_table(path: PathLike, rows_per_class: int = 40, seed: int = 0) -> Path:
+    """:func:`make_synthetic_table` as a CSV file (``.csv``: quoted where needed) or TSV, atomically."""
+    from metakd.fileio import atomic_open
+
+    path = Path(path)
+    df = make_synthetic_table(rows_per_class, seed)
+    with atomic_open(path) as f:
+        df.to_csv(f, sep="," if path.suffix.lower() == ".csv" else "\t", index=False, lineterminator="\n")
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m metakd.data.synthetic --table FILE``: the generated table of TASK=tsv's worked
+    example, and tiny random BERTs whose vocabulary holds its words."""
+    from metakd.errors import cli_main
+
+    return cli_main(_main)(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    import argparse
+
+    from metakd.cli import Parser
+    from metakd.errors import UserError
+
+    p = Parser(prog="python -m metakd.data.synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+               description="Write a synthetic multi-domain table for TASK=tsv (3 products x 3 categories of "
+                           "support messages; columns id, product, message, category) and tiny random "
+                           "teacher/student BERTs for it.")
+    p.add_argument("--table", required=True, help="the file to write (.csv: comma-separated, else TSV)")
+    p.add_argument("--rows-per-class", type=int, default=40, help="rows per product and category")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-out", default=None, help="also write tiny-teacher and tiny-student here")
+    a = p.parse_args(argv)
+    if a.rows_per_class < 1:
+        raise UserError(f"--rows-per-class must be >= 1, got {a.rows_per_class}")
+    if not 0 <= a.seed < 2 ** 32:
+        raise UserError(f"--seed must be in [0, 2^32), got {a.seed}")
+    path = write_synthetic_table(a.table, a.rows_per_class, a.seed)
+    print(f"wrote {path} ({3 * 3 * a.rows_per_class} rows)")
+    if a.models_out:
+        words = table_vocabulary()
+        t, s = make_tiny_bert_pair(a.models_out, seed=a.seed, teacher={**TINY_TEACHER, "vocab_words": words},
+                                   student={**TINY_STUDENT, "vocab_words": words})
+        print(f"wrote tiny BERTs: teacher {t}, student {s}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
