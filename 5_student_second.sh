@@ -47,7 +47,11 @@ if [ "$STUDENT_ALONE" = 1 ]; then
     --device "$DEVICE" ${CPU_KERNELS:+--cpu-kernels "$CPU_KERNELS"} --compat "$COMPAT" "${flags[@]}"
   exit
 fi
-[ "$SKIP_STAGE1" = 1 ] && STAGE1_DIR="$STUDENT_MODEL"
+if [ "$SKIP_STAGE1" = 1 ]; then  # checked here: distill cannot tell STUDENT_MODEL from a missing STAGE1_DIR
+  [ -e "$STUDENT_MODEL" ] || {
+    echo "error: 5_student_second.sh: $STUDENT_MODEL: model folder not found; check STUDENT_MODEL (SKIP_STAGE1=1 starts from it)" >&2; exit 2; }
+  STAGE1_DIR="$STUDENT_MODEL"
+fi
 [ "$T_SQUARED" = 1 ] && flags+=(--t-squared)
 DISTRIBUTED=1 run_metakd distill --task "$TASK" --stage second --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STAGE1_DIR" --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/meta_student_finetune}" \

@@ -684,6 +684,10 @@ def _main(argv=None) -> int:
     for out in (a.json, getattr(a, "result_file", None)):  # before the benchmark runs, not after
         if out and Path(out).is_dir():
             raise UserError("is a folder; give a file name for the results", out)
+        if out:
+            from metakd.fileio import check_writable
+
+            check_writable(out)
     a.teacher, a.student = a.teacher.resolve(), a.student.resolve()
     from metakd.runtime import flow, resolve_device
 

@@ -98,7 +98,8 @@ def sha256_file(path: Path) -> str:
 def detect_layout(folder: Path) -> str:
     """'metakd', 'huggingface' or 'oneflow-legacy'; a clear error for anything else."""
     if not folder.exists():
-        raise UserError("model folder not found; point the variable at a BERT folder (config.json, vocab.txt, model.safetensors)", folder)
+        raise UserError("model folder not found; check the path (TEACHER_MODEL / STUDENT_MODEL in the scripts), or get "
+                        "the models first (FETCH_MODELS=1 bash 1_get_data.sh)", folder)
     if not folder.is_dir():
         raise UserError("expected a model folder (config.json, vocab.txt, model.safetensors), got a file", folder)
     if (folder / "parameters.json").exists() and (folder / "weights").exists():
@@ -364,7 +365,7 @@ def save_checkpoint(
     without OneFlow; ``vocab.txt`` (+ tokenizer_config.json) copied from ``vocab_from``;
     ``training_state/`` (optimizer, scheduler, RNG, data order) when given, for resuming.
     """
-    from safetensors.numpy import save_file
+    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:

@@ -135,8 +135,11 @@ def check_seq_length(max_seq_length: int, *configs) -> None:
                             f"{cfg.max_position_embeddings}; lower it")
 
 
-def read_standard(path: Path, proc, genre: Optional[str] = None) -> pd.DataFrame:
-    """A standard TSV, checked, optionally filtered to one genre (which must have rows)."""
+def read_standard(path: Path, proc, genre: Optional[str] = None, min_weight: Optional[float] = None) -> pd.DataFrame:
+    """A standard TSV, checked, optionally filtered to one genre (which must have rows).
+
+    ``min_weight``: the smallest sample weight the caller can use (the teacher multiplies each
+    example's loss by it, stage 1 by 1 + it); a smaller one would train away from the label."""
     path = Path(path)
     if not path.exists():
         raise UserError("file not found; run the earlier pipeline scripts first (2_process_data.sh writes it)", path)
@@ -144,6 +147,11 @@ def read_standard(path: Path, proc, genre: Optional[str] = None) -> pd.DataFrame
     unknown = sorted(set(df["domain"]) - set(proc.domains))
     if unknown:
         raise UserError(f"unknown domain {unknown[0]!r}; this task's domains are {', '.join(proc.domains)}", path)
+    if min_weight is not None and len(df) and df["weight"].min() < min_weight:
+        row = int((df["weight"].to_numpy() < min_weight).argmax())  # the first one
+        raise UserError(f"sample weight {df['weight'][row]!r} is below {min_weight:g}, so training would push that "
+                        "example away from its label; correct the weight column (2_process_data.sh writes it)",
+                        path, line=row + 2)  # line 1 is the header; the reader refuses blank lines
     if genre is not None:
         check_genre(genre, proc)
         df = df[df["domain"] == genre].reset_index(drop=True)

@@ -120,14 +120,14 @@ def check_distillable(teacher_cfg, student_cfg, teacher_tok, student_tok, teache
 
 def check_options(a) -> None:
     """Every numeric option of this stage in range, before any work starts."""
-    if not 0 < a.temperature < math.inf:
-        raise UserError(f"--temperature must be > 0 and finite, got {a.temperature}")
+    if not 0.01 <= a.temperature <= 1000:  # beyond, float32 logits / T is 0 (nothing learnt) or inf (nan)
+        raise UserError(f"--temperature must be in [0.01, 1000], got {a.temperature}")
     if not 0.0 <= a.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {a.alpha}")
     if not 0 <= a.domain_loss_weight < math.inf:
         raise UserError(f"--domain-loss-weight must be >= 0 and finite, got {a.domain_loss_weight}")
-    if not 0 <= a.teacher_cache_gb < math.inf:
-        raise UserError(f"--teacher-cache-gb must be >= 0 and finite, got {a.teacher_cache_gb}")
+    if not 0 <= a.teacher_cache_gb <= 1e6:
+        raise UserError(f"--teacher-cache-gb must be in [0, 1e6], got {a.teacher_cache_gb}")
 
 
 def load_models(a, proc, teacher_cfg, student_layout: str, device):
@@ -253,7 +253,8 @@ def main(argv=None) -> int:
         raise UserError(f"the teacher was trained for labels {teacher_info.get('labels')} and domains "
                         f"{teacher_info.get('domains')}, not this task's; train it on this data", a.teacher)
 
-    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=a.genre)
+    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=a.genre,
+                                 min_weight=-1.0 if a.stage == "first" and a.prototype_weights else None)
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=a.genre)
     claim_output(a.out, inputs=[a.teacher, a.student, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)

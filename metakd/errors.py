@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import sys
 from typing import Callable, Optional, TypeVar
 
@@ -47,7 +48,24 @@ _OS_FIXES = {
     errno.EISDIR: "a folder where a file was expected; check the path",
     errno.ENOTDIR: "a file where a folder was expected (part of the path is a file); check the path",
     errno.EEXIST: "a file where a folder was expected; check the path",
+    # mkdir under /proc or in a folder removed meanwhile; a missing input is checked (and named) earlier
+    errno.ENOENT: "it cannot be found or created there; check the path",
+    errno.EFBIG: "the file would be larger than this process may write (ulimit -f) or the file system allows; raise "
+                 "the limit or choose another folder (earlier outputs are unchanged)",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
 }
+
+# Rust and C++ libraries (safetensors, OneFlow) report an I/O error as their own exception whose
+# text ends "(os error N)"; it is the same user problem as an OSError with that errno.
+_FOREIGN_OS_ERROR = re.compile(r"(?:I/O error: )?([^:()]*) \(os error (\d+)\)")
+
+
+def os_error_of(e: BaseException) -> Optional[OSError]:
+    """``e`` as an OSError when it is one or wraps one (by its text); None otherwise."""
+    if isinstance(e, OSError):
+        return e
+    m = _FOREIGN_OS_ERROR.search(str(e))
+    return OSError(int(m.group(2)), m.group(1).strip() or os.strerror(int(m.group(2)))) if m else None
 
 
 def cli_main(func: F) -> F:
@@ -60,8 +78,9 @@ def cli_main(func: F) -> F:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        except OSError as e:
-            fix = _OS_FIXES.get(e.errno)
+        except Exception as raised:
+            e = os_error_of(raised)
+            fix = _OS_FIXES.get(e.errno) if e is not None else None
             if fix is None or os.environ.get("METAKD_DEBUG") == "1":  # METAKD_DEBUG=1: the traceback
                 raise
             where = f"{e.filename}: " if e.filename else ""

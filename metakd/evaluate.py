@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, read_metakd_info
     from metakd.evaluation import classification_metrics, predict_logits
-    from metakd.fileio import write_json
+    from metakd.fileio import check_writable, write_json_together
     from metakd.meta_model import load_meta_checkpoint
     from metakd.runtime import resolve_device
 
@@ -80,6 +80,11 @@ def main(argv=None) -> int:
                             folder)
     for g in genres:
         cli.read_standard(split_file, proc, genre=g)
+    out = a.out_root / f"eval_{a.split}.json"
+    reports = {}  # path -> content, written together at the end: all new or all old
+    for path in [out, a.json] + [Path(folder) / f"eval_{a.split}.json" for _, role, folder in models if role == "student"]:
+        if path is not None:
+            check_writable(path)  # before the models run, not after
 
     rows, results = [], {}
     loaded = {}
@@ -102,13 +107,13 @@ def main(argv=None) -> int:
         rows.append({"genre": genre, "model": role, "n": m["n"], "accuracy": f"{m['accuracy']:.4f}",
                      "macro_f1": f"{m['macro_f1']:.4f}", "folder": str(folder)})
         if role == "student":
-            write_json(Path(folder) / f"eval_{a.split}.json", entry)
+            reports[Path(folder) / f"eval_{a.split}.json"] = entry
             if a.json is not None:
-                write_json(a.json, {**entry, "labels": [int(v) for v in enc.labels],
-                                    "predictions": [int(v) for v in logits.argmax(axis=1)]})
+                reports[a.json] = {**entry, "labels": [int(v) for v in enc.labels],
+                                   "predictions": [int(v) for v in logits.argmax(axis=1)]}
     cli.print_table(rows, ["genre", "model", "n", "accuracy", "macro_f1", "folder"])
-    out = a.out_root / f"eval_{a.split}.json"
-    write_json(out, {"split": a.split, "data": str(split_file), "results": results})
+    reports[out] = {"split": a.split, "data": str(split_file), "results": results}
+    write_json_together(reports)
     print(f"wrote {out}")
     return 0
 

@@ -97,7 +97,7 @@ def hf_config(bert: dict, labels, info: dict) -> dict:
 
 
 def export_hf(model: Path, out: Path) -> dict:
-    from safetensors.numpy import save_file
+    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     from metakd.checkpoint import CONFIG, VOCAB, WEIGHTS, check_model_folder, read_metakd_info, read_state_dict
     from metakd.fileio import atomic_dir, read_json_object

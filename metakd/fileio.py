@@ -85,22 +85,79 @@ def _set_default_modes(root: Path) -> None:
 def atomic_open(path: PathLike, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it to ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
-        with open(tmp, mode, **kwargs) as f:
+        with _named(path):
+            f = open(tmp, mode, **kwargs)
+        with f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+            with _named(path):
+                f.flush()
+                os.fsync(f.fileno())
+        with _named(path):
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError about a temporary sibling of ``path`` names ``path``: the user knows that one."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None or Path(e.filename).parent == path.parent and Path(e.filename).name.startswith(
+                f".{path.name}."):
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def check_writable(path: PathLike, folder: bool = False) -> None:
+    """Before any work: a file (or, ``folder=True``, a folder) can later be written at ``path``: nothing
+    in the way and its parent folder can be created and written. A problem is a UserError naming
+    ``path``, so a long run does not fail only at its end. Creates missing parent folders."""
+    from metakd.errors import UserError
+
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise UserError("is a folder; give a file name for this output", path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError("is a file; give a folder for this output", path)
+    parent = path if folder and path.is_dir() else path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = {errno.ENOTDIR: "part of the path is a file", errno.EEXIST: "part of the path is a file",
+               errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there",
+               errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or str(e))
+        raise UserError(f"cannot write this output ({why}); choose another path", path) from None
+
+
+def save_safetensors(tensors: Dict[str, Any], path: PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
+    """``safetensors.numpy.save_file``, whose I/O errors (a full disk) become OSErrors naming ``path``
+    (safetensors raises its own exception type with the errno only in its text)."""
+    from safetensors.numpy import save_file
+
+    from metakd.errors import os_error_of
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as raised:
+        e = os_error_of(raised)
+        if e is None or isinstance(raised, OSError):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def read_json_object(path: PathLike, missing: str = "file not found",
@@ -125,6 +182,38 @@ def write_json(path: PathLike, obj: Any) -> None:
     with atomic_open(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
+
+
+def write_json_together(objects: Dict[PathLike, Any]) -> None:
+    """JSON files in different folders that belong together (evaluate's reports): each is written to
+    a temporary sibling first, and only when all are written and flushed are they renamed into
+    place (a rename needs no space), so a full disk or a folder in the way leaves every old file as
+    it was. Only a kill in the instant between the renames could mix old and new."""
+    staged: List[tuple] = []
+    try:
+        for path, obj in objects.items():
+            path = Path(path)
+            with _named(path):
+                if path.is_dir():
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                staged.append((tmp, path))
+                with open(fd, "w", encoding="utf-8", newline="") as f:
+                    json.dump(obj, f, indent=2, sort_keys=False)
+                    f.write("\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in staged:
+            with _named(path):
+                os.replace(tmp, path)
+        for folder in {path.parent for _, path in staged}:
+            _fsync_dir(folder)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 @functools.lru_cache(maxsize=1)

@@ -67,7 +67,7 @@ def student_arrays(backbone: dict, layers: Sequence[int]) -> dict:
 
 def make_student(teacher: Path, out: Path, layers: Optional[Sequence[int]] = None,
                  num_layers: Optional[int] = None) -> List[int]:
-    from safetensors.numpy import save_file
+    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     from metakd.checkpoint import CONFIG, VOCAB, WEIGHTS, check_model_folder, load_backbone, read_config, state_dict_numpy
     from metakd.fileio import atomic_dir

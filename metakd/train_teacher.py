@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     genre = None if a.genre == "all" else a.genre
     if genre is not None:
         cli.check_genre(genre, proc)
-    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=genre)
+    train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=genre,
+                                 min_weight=0.0 if a.use_sample_weights else None)
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=genre)
     claim_output(a.out, inputs=[a.model, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)

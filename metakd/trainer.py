@@ -260,7 +260,7 @@ class Trainer:
     # -- resumable state ---------------------------------------------------------------------------
     def _save_resume_state(self) -> None:
         """model + optimizer + scheduler + progress (the data position is ``global_step``), atomically."""
-        from safetensors.numpy import save_file
+        from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
         from metakd.checkpoint import sha256_file, state_dict_numpy
 

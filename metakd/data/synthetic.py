@@ -274,7 +274,7 @@ def make_tiny_bert(folder: PathLike, num_layers: int, hidden_size: int = 64, num
     ``model.safetensors`` (float32, ``BertModel`` names without prefix). The folder appears
     complete or not at all.
     """
-    from safetensors.numpy import save_file  # only this function needs safetensors
+    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     vocab = tiny_vocab(vocab_words)
     config = tiny_bert_config(len(vocab), num_layers, hidden_size, num_heads, intermediate_size,
