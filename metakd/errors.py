@@ -74,6 +74,9 @@ def cli_main(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
+            import metakd
+
+            metakd.started()  # Ctrl-C from here on: KeyboardInterrupt, handled below
             return func(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -87,8 +90,9 @@ def cli_main(func: F) -> F:
             print(f"error: {one_line(where + (e.strerror or str(e)))}; {fix}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            print("interrupted; rerun the same command to continue a training stage from its last saved state",
-                  file=sys.stderr)
+            from metakd import INTERRUPTED
+
+            print(INTERRUPTED, file=sys.stderr)
             sys.exit(130)
         finally:
             from metakd.fileio import release_claims  # output folders locked by this entry point

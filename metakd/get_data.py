@@ -378,6 +378,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.synthetic_size < 1:
         raise UserError("--synthetic-size must be at least 1")
     check_task_options(args)
+    from metakd.fileio import check_writable  # every output folder, before a download or a model is made
+
+    writes_splits = not (args.source is None and args.fetch_model and args.task != "tsv")
+    for folder, used in ((args.out, writes_splits), (args.cache_dir, True),
+                         (args.models_out, bool(args.fetch_model) or args.source == "synthetic")):
+        if used:
+            check_writable(folder, folder=True)
     for name in args.fetch_model:
         dest = fetch_model(name, args.models_out, args.cache_dir, endpoint=args.hf_endpoint,
                            revision=args.revision, retries=args.retries)

@@ -67,8 +67,15 @@ def restore_ctrl_c() -> None:
             os._exit(130)
 
         signal.signal(signal.SIGINT, _stop_now)
+        import metakd
+
+        metakd.starting = False  # cli_main keeps this handler
     else:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        import metakd
+
+        # While an entry point is still importing, Ctrl-C keeps ending it with the message (metakd/__init__.py)
+        signal.signal(signal.SIGINT, metakd._interrupted_while_starting if metakd.starting
+                      else signal.default_int_handler)
 
 
 restore_ctrl_c()

@@ -515,7 +515,7 @@ def test_output_under_a_file_is_one_line(tmp_path):
                                                  "--models-out", tmp_path / "models", "--cache-dir", tmp_path / "c",
                                                  "--synthetic-size", "12"])
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "a file where a folder was expected" in lines[0], err
+    assert code == 2 and len(lines) == 1 and "part of the path is a file" in lines[0], err
 
 
 def test_bench_json_folder_refused_before_work(tmp_path):

@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from _tiny import ROOT, env, teacher_args
 
@@ -31,3 +34,64 @@ def test_sigint_to_a_running_training_then_resume(tmp_path):
     p2 = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0, p2.stderr[-2000:]
     assert "resuming from" in p2.stdout + p2.stderr and (out / "results.json").exists()
+
+
+def test_sigint_to_a_numbered_script_then_twice(tmp_path):
+    """Ctrl-C in a terminal signals the script's whole process group: bash and python."""
+    from _tiny import SEQ, tiny
+
+    t = tiny()
+    script_env = dict(env(), METAKD_PYTHON=sys.executable, DATA_DIR=str(t.data), TEACHER_MODEL=str(t.teacher),
+                      TEACHER_DIR=str(tmp_path / "teacher"), MAX_SEQ_LENGTH=str(SEQ), DEVICE="cpu", TEACHER_EPOCHS="6",
+                      BATCH_SIZE="8", SAVE_EVERY="2", EVAL_EVERY="0")
+    state = tmp_path / "teacher.resume" / "state"
+
+    def start():
+        return subprocess.Popen(["bash", "3_train_teacher.sh"], cwd=ROOT, env=script_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    p = start()
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), p.communicate()
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and stderr.strip() == "interrupted; rerun the same command to continue a training " \
+        "stage from its last saved state", (p.returncode, stderr[-2000:])
+    assert not (tmp_path / "teacher").exists()
+
+    # Twice in a row, once the run is training again: it still ends at once (no hang), says so once, no traceback.
+    p = start()
+    mtime = state.stat().st_mtime_ns
+    deadline = time.time() + 120
+    while state.stat().st_mtime_ns == mtime and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode in (130, -signal.SIGINT), (p.returncode, stderr[-2000:])  # bash: 130 in the terminal
+    assert "Traceback" not in stderr and stderr.count("interrupted; rerun the same command") == 1, stderr[-2000:]
+    assert not (tmp_path / "teacher").exists()  # (the resume itself: the test above)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see the start-up")
+def test_sigint_while_an_entry_point_starts(tmp_path):
+    """Ctrl-C during the imports (before any work): the message and 130, not a KeyboardInterrupt traceback.
+    (A Ctrl-C inside OneFlow's own import, a window of a few tenths of a second, still ends with
+    OneFlow's exit 255; nothing has been written then.)"""
+    out = tmp_path / "teacher"
+    p = subprocess.Popen([sys.executable, "-m", "metakd.train_teacher", *map(str, teacher_args(out))], cwd=ROOT,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    maps = Path(f"/proc/{p.pid}/maps")
+    deadline = time.time() + 30
+    # numpy's library is mapped once metakd's package is imported (numpy comes after it), OneFlow's later
+    while time.time() < deadline and p.poll() is None and "_multiarray_umath" not in maps.read_text():
+        time.sleep(0.005)
+    assert "oneflow" not in maps.read_text(), "too late: OneFlow is loaded already"
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in stderr and "interrupted; rerun the same command" in stderr, \
+        (p.returncode, stderr[-2000:])
+    assert not out.exists()
