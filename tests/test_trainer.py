@@ -243,9 +243,9 @@ def test_infinite_gradient_stops_training(tmp_path):
 
 def test_nan_loss_through_the_cli_exits_2(tmp_path, monkeypatch):
     """train_teacher with a loss that turns NaN at step 3: exit code 2, one line, nothing published."""
-    import metakd.losses
+    import metakd.objectives
 
-    real = metakd.losses.teacher_loss
+    real = metakd.objectives.teacher_loss
     calls = []
 
     def poisoned(*a, **k):
@@ -253,7 +253,7 @@ def test_nan_loss_through_the_cli_exits_2(tmp_path, monkeypatch):
         calls.append(1)
         return (loss * float("nan") if len(calls) >= 3 else loss), logs
 
-    monkeypatch.setattr(metakd.losses, "teacher_loss", poisoned)
+    monkeypatch.setattr(metakd.objectives, "teacher_loss", poisoned)  # (the name the teacher's objective calls)
     out = tmp_path / "t"
     code, stdout, stderr = call_main("metakd.train_teacher", teacher_args(out, "--epochs", "1", "--save-every", "2",
                                                                          "--eval-every", "2"))
