@@ -79,8 +79,7 @@ def test_sigint_to_a_numbered_script_then_twice(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see the start-up")
 def test_sigint_while_an_entry_point_starts(tmp_path):
     """Ctrl-C during the imports (before any work): the message and 130, not a KeyboardInterrupt traceback.
-    (A Ctrl-C inside OneFlow's own import, a window of a few tenths of a second, still ends with
-    OneFlow's exit 255; nothing has been written then.)"""
+    (Inside OneFlow's own loading: the next test.)"""
     out = tmp_path / "teacher"
     p = subprocess.Popen([sys.executable, "-m", "metakd.train_teacher", *map(str, teacher_args(out))], cwd=ROOT,
                          env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
