@@ -49,7 +49,9 @@ import numpy as np  # noqa: E402
 def restore_ctrl_c() -> None:
     """OneFlow's import installs a SIGINT handler that ends the process at once with exit 255 (no
     message, no release of the output lock's waiters). Put Python's back, so that Ctrl-C raises
-    KeyboardInterrupt and the entry points stop as documented (``interrupted; ...``, exit 130)."""
+    KeyboardInterrupt and the entry points stop as documented (``interrupted; ...``, exit 130).
+    (metakd/__init__.py already put it back as soon as OneFlow's extension loaded; here the policy
+    is chosen, and a OneFlow imported before metakd is covered.)"""
     import signal
     import threading
 
