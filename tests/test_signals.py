@@ -76,6 +76,29 @@ def test_sigint_to_a_numbered_script_then_twice(tmp_path):
     assert not (tmp_path / "teacher").exists()  # (the resume itself: the test above)
 
 
+def test_sigint_to_a_two_process_script(tmp_path):
+    """NPROC=2 (metakd.launch around OneFlow's launcher): Ctrl-C to the group gives exit 130, the message
+    from the processes, no traceback, nothing published; the same as one process."""
+    from _tiny import SEQ, tiny
+
+    t = tiny()
+    script_env = dict(env(), METAKD_PYTHON=sys.executable, DATA_DIR=str(t.data), TEACHER_MODEL=str(t.teacher),
+                      TEACHER_DIR=str(tmp_path / "teacher"), MAX_SEQ_LENGTH=str(SEQ), DEVICE="cpu", TEACHER_EPOCHS="6",
+                      BATCH_SIZE="8", SAVE_EVERY="2", EVAL_EVERY="0", NPROC="2", MASTER_PORT="29533")
+    state = tmp_path / "teacher.resume" / "state"
+    p = subprocess.Popen(["bash", "3_train_teacher.sh"], cwd=ROOT, env=script_env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while not state.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), p.communicate()
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, (p.returncode, stderr[-2000:])
+    assert "interrupted; rerun the same command to continue" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert not (tmp_path / "teacher").exists()
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see the start-up")
 def test_sigint_while_an_entry_point_starts(tmp_path):
     """Ctrl-C during the imports (before any work): the message and 130, not a KeyboardInterrupt traceback.

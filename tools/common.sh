@@ -32,7 +32,7 @@ run_metakd() {
     fi
   done
   if [ "${DISTRIBUTED:-0}" = 1 ] && { [ "${NPROC:-1}" -gt 1 ] || [ "${NNODES:-1}" -gt 1 ]; }; then
-    "$METAKD_PYTHON" -m oneflow.distributed.launch --nproc_per_node "${NPROC:-1}" \
+    "$METAKD_PYTHON" -m metakd.launch --nproc_per_node "${NPROC:-1}" \
       --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
       --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
       -m "metakd.$module" "$@"
