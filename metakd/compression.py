@@ -7,7 +7,8 @@ For each model: parameters (the classifier's: backbone + classifier, not Meta-KD
 heads), the weights' size in float32, throughput (reviews/s at ``--batch``, every review
 ``--seq`` tokens long) and latency at batch 1 (p50/p95 over ``--latency-iters`` calls), each with
 one thread and with all cores (``--threads``), in OneFlow eager (metakd's own inference path) and,
-with ``--onnx``, in onnxruntime on the exported graph (fixed shapes, see metakd/onnx_export.py);
+with ``--onnx``, in onnxruntime on the exported graphs (fixed shapes, see metakd/onnx_export.py:
+one at ``--batch`` and one at batch 1, each exported once per model in a process of its own);
 and the test accuracy from the folder's ``eval_test.json`` when 6_eval.sh wrote one.
 ``--paper-shapes`` adds bert-base (12 layers, 768 wide) and TinyBERT General 4L-312D with random
 weights: the paper's pair, for its speed only. Every measurement runs in its own process, so the
@@ -79,9 +80,24 @@ def count_parameters(model) -> int:
     return sum(int(p.numel()) for n, p in model.named_parameters() if n.startswith(("backbone.", "classifier.")))
 
 
+def _export(spec: dict) -> dict:
+    """The model's logits graph at one batch size, for the measurements to load.
+
+    Its own process, once per model and batch: exporting bert-base peaks at ~6 GB, which a
+    measurement should neither carry nor repeat for every thread count (see metakd/onnx_export.py).
+    """
+    from metakd.onnx_export import export_logits
+
+    export_logits(_build_model(spec), Path(spec["export_to"]), spec["export_batch"], spec["seq"])
+    return {"exported": spec["export_to"]}
+
+
 def _worker(spec: dict) -> dict:
     """One model at one thread setting: eager (and onnxruntime) throughput and latency."""
     from metakd.runtime import flow
+
+    if "export_to" in spec:
+        return _export(spec)
 
     model = _build_model(spec)
     b, l = spec["batch"], spec["seq"]
@@ -109,27 +125,24 @@ def _worker(spec: dict) -> dict:
     if spec.get("onnx"):
         import onnxruntime as ort
 
-        from metakd.onnx_export import export_logits
-
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = spec["threads"]
         opts.inter_op_num_threads = 1
-        with tempfile.TemporaryDirectory() as tmp:
-            sessions = {}
-            for name, n in (("big", b), ("one", 1)):
-                path = Path(tmp) / f"{name}.onnx"
-                export_logits(_build_model(spec), path, n, l)  # a fresh copy each: tracing changes it
-                sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feeds = lambda batch: dict(zip(("input_ids", "attention_mask", "token_type_ids"), batch))
-            run = lambda name, batch: sessions[name].run(["logits"], feeds(batch))[0]
-            want, got = eager(one), run("one", one)
-            out["onnx_max_logit_diff"] = float(np.abs(want - got).max())
+        sessions = {name: ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+                    for name, path in spec["onnx"].items()}
+        feeds = lambda batch: dict(zip(("input_ids", "attention_mask", "token_type_ids"), batch))
+        run = lambda name, batch: sessions[name].run(["logits"], feeds(batch))[0]
+        want, got = eager(one), run("one", one)
+        out["onnx_max_logit_diff"] = float(np.abs(want - got).max())
+        if not out["onnx_max_logit_diff"] <= 1e-4:  # (timing a graph that computes something else means nothing)
+            raise UserError(f"onnxruntime's logits are {out['onnx_max_logit_diff']:.3g} from eager's (more than 1e-4): "
+                            "the exported graph is not this model; report it with the command line")
+        run("big", big)
+        t0 = time.perf_counter()
+        for _ in range(spec["iters"]):
             run("big", big)
-            t0 = time.perf_counter()
-            for _ in range(spec["iters"]):
-                run("big", big)
-            out["onnx_reviews_per_s"] = round(b * spec["iters"] / (time.perf_counter() - t0), 1)
-            out.update(_latency(lambda: run("one", one), spec["latency_iters"], "onnx"))
+        out["onnx_reviews_per_s"] = round(b * spec["iters"] / (time.perf_counter() - t0), 1)
+        out.update(_latency(lambda: run("one", one), spec["latency_iters"], "onnx"))
     return out
 
 
@@ -156,6 +169,8 @@ def _measure(spec: dict, threads: int) -> dict:
         why = said[-1] if said else "no message"
         if p.returncode < 0:
             why = f"killed by signal {-p.returncode}" + (" (out of memory?)" if p.returncode == -9 else "")
+        if "export_to" in spec:
+            raise UserError(f"the ONNX export of {spec['name']} at batch {spec['export_batch']} failed: {why}")
         raise UserError(f"the measurement of {spec['name']} with {threads} thread(s) failed: {why}")
     return json.loads(lines[-1])
 
@@ -195,14 +210,24 @@ def main(argv=None) -> int:
     if a.json is not None and a.json.is_dir():
         raise UserError("is a folder; give a file name for the results", a.json)
     rows = []
-    for spec in specs:
-        for t in threads:
-            r = _measure({**spec, "batch": a.batch, "seq": a.seq, "iters": a.iters,
-                          "latency_iters": a.latency_iters, "onnx": a.onnx}, t)
-            size_mb = round(r["parameters"] * 4 / 2**20, 1)
-            rows.append({"model": spec["name"], "threads": t, "parameters_M": round(r["parameters"] / 1e6, 2),
-                         "float32_MB": size_mb, "test_accuracy": _accuracy(spec.get("folder")), **r})
-            print(f"{spec['name']}, {t} thread(s): {r}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="metakd-compression-") as tmp:
+        for i, spec in enumerate(specs):
+            graphs = None
+            if a.onnx:
+                graphs = {"big": str(Path(tmp) / f"{i}-batch{a.batch}.onnx"), "one": str(Path(tmp) / f"{i}-batch1.onnx")}
+                if a.batch == 1:
+                    graphs["one"] = graphs["big"]
+                for n, path in {a.batch: graphs["big"], 1: graphs["one"]}.items():
+                    _measure({**spec, "seq": a.seq, "export_to": path, "export_batch": n}, cores)
+            for t in threads:
+                r = _measure({**spec, "batch": a.batch, "seq": a.seq, "iters": a.iters,
+                              "latency_iters": a.latency_iters, "onnx": graphs}, t)
+                size_mb = round(r["parameters"] * 4 / 2**20, 1)
+                rows.append({"model": spec["name"], "threads": t, "parameters_M": round(r["parameters"] / 1e6, 2),
+                             "float32_MB": size_mb, "test_accuracy": _accuracy(spec.get("folder")), **r})
+                print(f"{spec['name']}, {t} thread(s): {r}", flush=True)
+            for path in set((graphs or {}).values()):  # (bert-base's pair of graphs: 0.8 GB of disk)
+                Path(path).unlink()
     cols = ["model", "threads", "parameters_M", "float32_MB", "eager_reviews_per_s", "eager_p50_ms", "eager_p95_ms"]
     if a.onnx:
         cols += ["onnx_reviews_per_s", "onnx_p50_ms", "onnx_p95_ms"]

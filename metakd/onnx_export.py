@@ -144,9 +144,8 @@ def _free_eager_tensors(graph, model) -> Dict[str, object]:
                                           for t in (v if isinstance(v, (tuple, list)) else (v,))]
         match = [t for t in held if hasattr(t, "shape") and tuple(t.shape) == shape and id(t) not in owned]
         if len(match) != 1:
-            raise UserError(f"ONNX export: cannot tell which tensor the graph's constant {op.name} {list(shape)} is "
-                            f"({len(match)} candidates in its module); the model's forward captures an eager "
-                            "tensor that metakd.onnx_export does not know how to name")
+            raise UserError(f"ONNX export: the graph's constant {op.name} {list(shape)} matches {len(match)} tensors "
+                            "held by its module, not one; make the constants the forward uses buffers of the module")
         found[op.name] = match[0]
     return found
 
