@@ -43,13 +43,19 @@ def _cos(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (x @ c) / np.maximum(denom, 1e-12)
 
 
-def prototype_scores(embeddings: np.ndarray, domains: np.ndarray, num_domains: int) -> np.ndarray:
-    """[N,H] embeddings, [N] domain ids -> [N] float64 scores in [-1, 1]."""
-    emb = embeddings.astype(np.float64)
+def _two_or_more_domains(domains: np.ndarray) -> list:
+    """The sorted domain ids present; a score compares each domain with the others, so at least two."""
     present = sorted(set(domains.tolist()))
     if len(present) < 2:
         raise UserError("prototype scores compare each domain with the others: the training data has only "
                         f"{len(present)} domain; give it at least two")
+    return present
+
+
+def prototype_scores(embeddings: np.ndarray, domains: np.ndarray, num_domains: int) -> np.ndarray:
+    """[N,H] embeddings, [N] domain ids -> [N] float64 scores in [-1, 1]."""
+    emb = embeddings.astype(np.float64)
+    present = _two_or_more_domains(domains)
     centroids = {d: emb[domains == d].mean(axis=0) for d in present}
     scores = np.zeros(len(emb))
     for d in present:
@@ -72,10 +78,7 @@ def class_prototype_scores(embeddings: np.ndarray, domains: np.ndarray, labels: 
     its domain, and of that label elsewhere.
     """
     emb = embeddings.astype(np.float64)
-    present = sorted(set(domains.tolist()))
-    if len(present) < 2:
-        raise UserError("prototype scores compare each domain with the others: the training data has only "
-                        f"{len(present)} domain; give it at least two")
+    present = _two_or_more_domains(domains)
     pooled = {d: emb[domains == d].mean(axis=0) for d in present}
     centroids = {(d, y): emb[(domains == d) & (labels == y)].mean(axis=0)
                  for d, y in sorted(set(zip(domains.tolist(), labels.tolist())))}
