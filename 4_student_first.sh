@@ -6,6 +6,8 @@
 #    USE_PROTOTYPE_WEIGHTS / USE_EXPERTISE_WEIGHTS / USE_DOMAIN_TERM=0 switch off one ingredient each.
 cd "$(dirname "$0")" && source tools/common.sh
 
+RECIPE="${RECIPE:-paper}"                                   # a named set of defaults for the variables below (python -m metakd.recipes lists them)
+use_recipe
 GENRE="${GENRE:-books}"                                     # target domain: books | dvd | electronics | kitchen (mnli: fiction | government | slate | telephone | travel; tsv: a domain of your data)
 TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
 DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/MNLI or data/TSV
@@ -22,6 +24,7 @@ USE_PROTOTYPE_WEIGHTS="${USE_PROTOTYPE_WEIGHTS:-1}"         # 1: weight (1 + pro
 USE_EXPERTISE_WEIGHTS="${USE_EXPERTISE_WEIGHTS:-1}"         # 1: times the teacher's domain expertise; 0: 1
 USE_DOMAIN_TERM="${USE_DOMAIN_TERM:-1}"                     # 1: the domain-representation MSE; 0: none
 USE_ATTENTION_TERM="${USE_ATTENTION_TERM:-1}"               # 1: the attention-score MSE; 0: hidden states only
+SKIP_STAGE1="${SKIP_STAGE1:-0}"                             # 1: no stage 1 (5_student_second.sh starts from STUDENT_MODEL)
 PLAIN_KD="${PLAIN_KD:-0}"                                   # 1: all three ingredients off (plain two-stage KD)
 TEACHER_CACHE_GB="${TEACHER_CACHE_GB:-4}"                   # memory for the frozen teacher's targets (computed once); 0: none
 LOG_EVERY="${LOG_EVERY:-20}"
@@ -33,6 +36,10 @@ NPROC="${NPROC:-1}"
 SAVE_EVERY="${SAVE_EVERY:-50}"                              # a resumable state every N steps (rerun to resume)
 RESTART="${RESTART:-0}"                                     # 1: throw away a saved state and start over
 
+if [ "$SKIP_STAGE1" = 1 ]; then
+  echo "4_student_first.sh: SKIP_STAGE1=1 (RECIPE=$RECIPE): no stage 1; 5_student_second.sh starts from STUDENT_MODEL" >&2
+  exit 0
+fi
 flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 [ "$RESTART" = 1 ] && flags+=(--restart)
 [ "$USE_PROTOTYPE_WEIGHTS" = 1 ] || flags+=(--no-prototype-weights)

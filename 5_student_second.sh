@@ -6,6 +6,8 @@
 #    STAGE2_EPOCHS epochs, best by GENRE's dev accuracy -> OUT_DIR/GENRE/student_alone/
 cd "$(dirname "$0")" && source tools/common.sh
 
+RECIPE="${RECIPE:-paper}"                                   # a named set of defaults for the variables below (python -m metakd.recipes lists them)
+use_recipe
 GENRE="${GENRE:-books}"
 TASK="${TASK:-senti}"                                       # senti | mnli | tsv: the same TASK as 1_get_data.sh
 DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/MNLI or data/TSV

@@ -40,3 +40,11 @@ run_metakd() {
     "$METAKD_PYTHON" -m "metakd.$module" "$@"
   fi
 }
+
+# use_recipe: RECIPE's variables (metakd/recipes.py) become the defaults of those the environment
+# leaves unset; called by 4_student_first.sh and 5_student_second.sh before their variables.
+use_recipe() {
+  local defaults
+  defaults="$("$METAKD_PYTHON" -m metakd.recipes --shell "${RECIPE:-paper}")" || exit 2
+  eval "$defaults"
+}
