@@ -49,7 +49,7 @@ SCRIPT_DEFAULTS = {"TEACHER_MODEL": "models/bert-base-uncased"}  # as in the scr
 PER_CELL = ["DATA_DIR", "OUT_DIR", "GENRE", "SEED", "COMPAT", "TEACHER_DIR", "TEACHER_GENRE", "USE_SAMPLE_WEIGHTS",
             "USE_DOMAIN_LOSS", "STAGE1_DIR", "STUDENT_DIR", "PLAIN_KD", "USE_PROTOTYPE_WEIGHTS",
             "USE_EXPERTISE_WEIGHTS", "USE_DOMAIN_TERM", "USE_ATTENTION_TERM", "SKIP_STAGE1", "STUDENT_ALONE", "ALPHA",
-            "T_SQUARED", "RESTART"]
+            "T_SQUARED", "RECIPE", "RESTART"]
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,9 @@ def model_chain(m: Method, genre: str, seed: int, lay: Layout) -> List[Step]:
     """The steps a cell needs, in order (shared ones are the same Step paths in every cell)."""
     compat = TEACHERS[m.teacher].compat if m.teacher is not None else "none"
     steps: List[Step] = [] if compat == "none" else data_steps(lay, compat)
-    base = {"DATA_DIR": str(lay.data_for(compat)), "GENRE": genre, "SEED": str(seed), "OUT_DIR": str(lay.seed(seed))}
+    # RECIPE=paper: every recipe variable is the scripts' default unless the method sets it
+    base = {"DATA_DIR": str(lay.data_for(compat)), "GENRE": genre, "SEED": str(seed), "OUT_DIR": str(lay.seed(seed)),
+            "RECIPE": "paper"}
     if m.student is not None:
         sdir = lay.student(m.student)
         steps.append(Step("", sdir, {}, done_file="model.safetensors", module="metakd.make_student",
