@@ -8,7 +8,8 @@
 # Methods: teacher_single teacher_mix teacher_meta student_alone kd_single kd_mix kd_meta metakd
 #   metakd_no_proto metakd_no_expertise metakd_no_domain_term metakd_teacher_no_domain_loss
 #   metakd_no_stage1 metakd_easynlp metakd_hidden_only metakd_hard metakd_lr1e-4 student_alone_lr1e-4
-#   metakd_teacher_layers student_alone_teacher_layers (python -m metakd.compare --help says what each is).
+#   metakd_teacher_layers student_alone_teacher_layers metakd_t1 metakd_no_stage1_full metakd_no_stage1_hard
+#   (python -m metakd.compare --help says what each is).
 cd "$(dirname "$0")" && source tools/common.sh
 
 RUN_DIR="${RUN_DIR:-out/compare}"                   # every cell, the shared data and teachers, the report

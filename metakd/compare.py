@@ -44,7 +44,8 @@ SETTINGS = ["SOURCE", "SYNTHETIC_SIZE", "TEACHER_MODEL", "STUDENT_MODEL", "TEACH
             "STAGE1_EPOCHS", "STAGE1_LR", "STAGE2_EPOCHS", "STAGE2_LR", "TEMPERATURE", "DOMAIN_LOSS_WEIGHT",
             "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "CPU_KERNELS", "NPROC", "NNODES", "METAKD_CPU_MATMUL",
             "METAKD_NATIVE_LAYERNORM"]
-SCRIPT_DEFAULTS = {"TEACHER_MODEL": "models/bert-base-uncased"}  # as in the scripts, relative to ROOT
+SCRIPT_DEFAULTS = {"TEACHER_MODEL": "models/bert-base-uncased",  # as in the scripts, relative to ROOT
+                   "STAGE1_EPOCHS": "10", "STAGE2_EPOCHS": "10"}
 # Set by the runner per cell: the environment must not set them (they would be silently overridden).
 PER_CELL = ["DATA_DIR", "OUT_DIR", "GENRE", "SEED", "COMPAT", "TEACHER_DIR", "TEACHER_GENRE", "USE_SAMPLE_WEIGHTS",
             "USE_DOMAIN_LOSS", "STAGE1_DIR", "STUDENT_DIR", "PLAIN_KD", "USE_PROTOTYPE_WEIGHTS",
@@ -85,6 +86,22 @@ STAGE1 = {
 STUDENTS = {"teacher_layers": ("--teacher", "$TEACHER_MODEL", "--num-layers", "3")}
 
 
+BOTH_STAGES = "$STAGE1_EPOCHS+$STAGE2_EPOCHS"  # the student alone's budget, for a method without stage 1
+
+
+def resolve(value: str, env: Dict[str, str]) -> str:
+    """A step variable's value: ``$A+$B`` is the sum of those whole-number settings (a script's
+    default where the environment has none), as 5_student_second.sh adds epochs for the student alone."""
+    if not value.startswith("$"):
+        return value
+    names = [v[1:] for v in value.split("+")]
+    try:
+        return str(sum(int(env.get(n, SCRIPT_DEFAULTS[n])) for n in names))
+    except ValueError:
+        raise UserError(f"{value}: {', '.join(f'{n}={env.get(n)}' for n in names)}; "
+                        "these must be whole numbers of epochs") from None
+
+
 @dataclass(frozen=True)
 class Method:
     """kind: 'teacher' (the teacher itself), 'alone' (the student, no teacher) or 'kd' (two stages)."""
@@ -95,7 +112,7 @@ class Method:
     stage1: Optional[str] = None
     label: str = ""
     student: Optional[str] = None  # a STUDENTS entry instead of STUDENT_MODEL
-    overrides: Tuple[Tuple[str, str], ...] = ()  # variables of the last step (stage 2 or the student alone)
+    overrides: Tuple[Tuple[str, str], ...] = ()  # variables of the last step (stage 2 or the student alone); see resolve
 
 
 METHODS = {m.name: m for m in [
@@ -120,6 +137,13 @@ METHODS = {m.name: m for m in [
            overrides=(("ALPHA", "0.5"), ("T_SQUARED", "1"))),
     Method("metakd_lr1e-4", "kd", "meta", "metakd", label="Meta-KD, stage 2 lr 1e-4", overrides=(("STAGE2_LR", "1e-4"),)),
     Method("student_alone_lr1e-4", "alone", label="student alone, lr 1e-4", overrides=(("STAGE2_LR", "1e-4"),)),
+    Method("metakd_t1", "kd", "meta", "metakd", label="Meta-KD, stage 2 at temperature 1",
+           overrides=(("TEMPERATURE", "1"),)),
+    Method("metakd_no_stage1_full", "kd", "meta", None, label="Meta-KD, no stage 1, stage 2 for both stages' epochs",
+           overrides=(("STAGE2_EPOCHS", BOTH_STAGES),)),
+    Method("metakd_no_stage1_hard", "kd", "meta", None,
+           label="no stage 1, stage 2 0.5 CE(y) + 0.5 T^2 soft for both stages' epochs (Hinton's KD)",
+           overrides=(("STAGE2_EPOCHS", BOTH_STAGES), ("ALPHA", "0.5"), ("T_SQUARED", "1"))),
     Method("metakd_teacher_layers", "kd", "meta", "metakd", student="teacher_layers",
            label="Meta-KD, student = 3 of the pretrained teacher's layers"),
     Method("student_alone_teacher_layers", "alone", student="teacher_layers",
@@ -323,19 +347,22 @@ class Runner:
         if step.done:
             return
         if self.dry_run:
-            print(f"would run: {' '.join(f'{k}={v}' for k, v in step.env.items())} {step.command}   # {what}")
+            print(f"would run: {' '.join(f'{k}={resolve(v, self.env)}' for k, v in step.env.items())} "
+                  f"{step.command}   # {what}")
             return
         self.lay.logs.mkdir(parents=True, exist_ok=True)
         log = self.lay.logs / (str(step.out.relative_to(self.lay.run)).replace("/", "__") + ".log")
         print(f"[{time.strftime('%H:%M:%S')}] {what}: {step.command} -> {step.out} (log {log})", flush=True)
         t0 = time.perf_counter()
         with open(log, "a", encoding="utf-8") as f:
-            f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} {json.dumps(step.env)}\n")
+            f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} "
+                    f"{json.dumps({k: resolve(v, self.env) for k, v in step.env.items()})}\n")
             f.flush()
             args = [self.env.get(x[1:], SCRIPT_DEFAULTS[x[1:]]) if x.startswith("$") else x for x in step.args]
             argv = ([self.env["METAKD_PYTHON"], "-m", step.module, *args] if step.module
                     else ["bash", str(ROOT / step.script)])
-            self.child = subprocess.Popen(argv, env={**self.env, **step.env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+            step_env = {k: resolve(v, self.env) for k, v in step.env.items()}
+            self.child = subprocess.Popen(argv, env={**self.env, **step_env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                                           stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 rc = self.child.wait()
@@ -727,6 +754,9 @@ def main(argv=None) -> int:
 
     env = dict(os.environ)
     env.setdefault("METAKD_PYTHON", sys.executable)
+    for m in methods:  # a bad epoch count fails here, before any cell runs
+        for _, value in METHODS[m].overrides:
+            resolve(value, env)
     if not a.dry_run:
         record_settings(lay, env)
     runner = Runner(lay, env, a.dry_run)

@@ -16,6 +16,7 @@ import pytest
 from _tiny import ROOT
 from metakd import compare
 from metakd.compare import METHODS, Layout, model_chain, paired_difference, summary_table
+from metakd.errors import UserError
 
 
 # ------------------------------------------------------------------ statistics
@@ -134,15 +135,31 @@ def test_chains_share_teachers_and_stage1(tmp_path):
     assert all(s.env.get("DATA_DIR", str(tmp_path / "data")) == str(tmp_path / "data") for s in chain["metakd"])
     # every variable the runner sets is a per-cell one (which the environment may not set) or a
     # setting that a method overrides
-    assert {k for e in env.values() for k in e} <= set(compare.PER_CELL) | {"STUDENT_MODEL", "STAGE2_LR"}
+    assert {k for e in env.values() for k in e} <= set(compare.PER_CELL) | {"STUDENT_MODEL", "STAGE2_LR", "TEMPERATURE",
+                                                                             "STAGE2_EPOCHS"}
     assert env["metakd_hard"]["ALPHA"] == "0.5" and env["metakd_hard"]["T_SQUARED"] == "1"
     assert env["metakd_hidden_only"]["USE_ATTENTION_TERM"] == "0" and env["metakd"]["USE_ATTENTION_TERM"] == "1"
     assert env["student_alone_lr1e-4"]["STAGE2_LR"] == "1e-4" and "STAGE2_LR" not in env["student_alone"]
+    assert env["metakd_t1"]["TEMPERATURE"] == "1" and "TEMPERATURE" not in env["metakd"]
+    for m in ("metakd_no_stage1_full", "metakd_no_stage1_hard"):
+        assert [s.script for s in chain[m]] == ["3_train_teacher.sh", "5_student_second.sh"]
+        assert env[m]["SKIP_STAGE1"] == "1" and env[m]["STAGE2_EPOCHS"] == compare.BOTH_STAGES
+    assert "STAGE2_EPOCHS" not in env["metakd_no_stage1"]
+    assert env["metakd_no_stage1_hard"]["ALPHA"] == "0.5" and env["metakd_no_stage1_hard"]["T_SQUARED"] == "1"
+
     made = tmp_path / "students" / "teacher_layers"
     assert outs["metakd_teacher_layers"][0] == outs["student_alone_teacher_layers"][0] == made
     assert chain["metakd_teacher_layers"][0].module == "metakd.make_student"
     assert env["metakd_teacher_layers"]["STUDENT_MODEL"] == str(made) == env["student_alone_teacher_layers"]["STUDENT_MODEL"]
     assert outs["metakd_teacher_layers"][2] != outs["metakd"][1]  # its own stage-1 student
+
+
+def test_resolve_adds_the_stages_epochs():
+    assert compare.resolve("1e-4", {}) == "1e-4"
+    assert compare.resolve(compare.BOTH_STAGES, {"STAGE1_EPOCHS": "3", "STAGE2_EPOCHS": "4"}) == "7"
+    assert compare.resolve(compare.BOTH_STAGES, {"STAGE2_EPOCHS": "4"}) == "14"  # 4_student_first.sh's default 10
+    with pytest.raises(UserError, match="STAGE1_EPOCHS=x"):
+        compare.resolve(compare.BOTH_STAGES, {"STAGE1_EPOCHS": "x"})
 
 
 def test_compare_sh_lists_every_method():
@@ -268,3 +285,26 @@ def test_runner_stopped_and_rerun_keeps_finished_cells(tmp_path):
     p3 = subprocess.run(["bash", "compare.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p3.returncode == 0 and "bash " not in p3.stdout
     assert pd.read_csv(run / "results.csv").equals(df)
+
+
+def test_bad_epochs_for_a_both_stages_method_fail_before_any_cell(tmp_path):
+    env = dict(os.environ, STAGE1_EPOCHS="x", PYTHONPATH=str(ROOT))
+    for k in compare.PER_CELL:
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, "-m", "metakd.compare", "--run-dir", str(tmp_path / "run"),
+                        "--methods", "metakd_no_stage1_hard", "--genres", "books", "--seeds", "1"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and "STAGE1_EPOCHS=x" in p.stderr and "whole numbers of epochs" in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_shows_the_resolved_epochs(tmp_path):
+    env = dict(os.environ, STAGE1_EPOCHS="2", STAGE2_EPOCHS="3", PYTHONPATH=str(ROOT))
+    for k in compare.PER_CELL:
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, "-m", "metakd.compare", "--run-dir", str(tmp_path / "run"), "--dry-run",
+                        "--methods", "metakd_no_stage1_hard", "--genres", "books", "--seeds", "1"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    (line,) = [l for l in p.stdout.splitlines() if "5_student_second.sh" in l]
+    assert "STAGE2_EPOCHS=5" in line and "SKIP_STAGE1=1" in line and "ALPHA=0.5" in line
