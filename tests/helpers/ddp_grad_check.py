@@ -1,7 +1,6 @@
 """Run under ``python -m oneflow.distributed.launch --nproc_per_node 2``: each process computes
 the gradient of its half of a batch and all-reduces it; the result must equal the gradient of
 the whole batch computed by one process. Prints one JSON line per rank."""
-import json
 import sys
 
 import numpy as np
@@ -10,6 +9,7 @@ from metakd.meta_model import MetaBert
 from metakd.bert import BertConfig
 from metakd.runtime import all_reduce_mean_grads, broadcast_parameters, flow, mean_grads_numpy, rank, world_size
 from metakd.losses import teacher_loss
+from emit import emit  # noqa: E402  (tests/helpers/ is this script's folder)
 
 
 def build():
@@ -60,8 +60,8 @@ numpy_diff = max(float(np.abs(got_numpy[k] - want[k]).max()) for k in want)
 same_init = float(sum(np.abs(p.numpy()).sum() for p in model.parameters()))
 # Rows no process looked up stay zero; this process's own rows were really averaged with the other's.
 untouched = np.setdiff1d(np.arange(40), ids)
-print(json.dumps({"rank": r, "world_size": n, "max_grad_diff": diff, "numpy_max_grad_diff": numpy_diff, "n_grads": len(got), "param_abs_sum": same_init,
+emit({"rank": r, "world_size": n, "max_grad_diff": diff, "numpy_max_grad_diff": numpy_diff, "n_grads": len(got), "param_abs_sum": same_init,
                   "sparse": sparse, "untouched_rows_zero": bool(not got["backbone.embeddings.word_embeddings.weight"][untouched].any()),
                   "word_grad_changed": float(np.abs(got["backbone.embeddings.word_embeddings.weight"]
-                                                    - grads_before["backbone.embeddings.word_embeddings.weight"]).max())}))
+                                                    - grads_before["backbone.embeddings.word_embeddings.weight"]).max())})
 sys.stdout.flush()

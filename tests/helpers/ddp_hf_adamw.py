@@ -1,7 +1,6 @@
 """Run under ``python -m oneflow.distributed.launch --nproc_per_node 2``: EasyNLP's AdamW with two
 processes skips a parameter no process gave a gradient (as with one), and updates one that only
 some process did. Prints one JSON line per rank."""
-import json
 import sys
 
 import numpy as np
@@ -9,6 +8,7 @@ import numpy as np
 from metakd.cpu.adamw import NumpyUpdate
 from metakd.optim import FlowUpdate
 from metakd.runtime import broadcast_parameters, flow, rank
+from emit import emit  # noqa: E402  (tests/helpers/ is this script's folder)
 
 kind = sys.argv[1]
 flow.manual_seed(0)
@@ -26,4 +26,4 @@ up.apply()
 after = [p.numpy() for p in model.parameters()]
 moved = [bool(np.abs(a - b).max() > 0) for a, b in zip(after, before)]
 steps = list(up.param_steps) if kind == "numpy" else list(up.hf.t)
-print(json.dumps({"rank": rank(), "moved": moved, "steps": steps}))
+emit({"rank": rank(), "moved": moved, "steps": steps})

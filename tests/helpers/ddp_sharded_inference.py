@@ -1,7 +1,6 @@
 """Run under ``python -m oneflow.distributed.launch --nproc_per_node 2`` with a spill folder as
 argv[1]: sharded inference (logits, mean embeddings) and the shared stage-1 teacher cache must
 give every process exactly what one process computes alone. Prints one JSON line per rank."""
-import json
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from metakd.bert import BertConfig
 from metakd.prototypes import mean_embeddings
 from metakd.runtime import flow, rank, world_size
 from metakd.teacher_cache import Stage1TeacherCache
+from emit import emit  # noqa: E402  (tests/helpers/ is this script's folder)
 
 flow.manual_seed(3)  # the same weights in every process
 cfg = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
@@ -59,7 +59,7 @@ for i in range(n):
     k = lengths[i]
     cache_diff = max(cache_diff, float(np.abs(got_att[0].numpy()[i, :, :k, :k] - want_att[i]).max()),
                      *(float(np.abs(got_hid[q].numpy()[i, :k] - want_hid[i][q]).max()) for q in range(2)))
-print(json.dumps({
+emit({
     "rank": rank(), "world_size": world_size(), "where": cache.where,
     "logits_diff": float(np.abs(logits - np.array(want_logits)).max()),
     "emb_diff": float(np.abs(emb - np.array(want_emb)).max()),
@@ -67,6 +67,6 @@ print(json.dumps({
     "cache_logits_diff": float(np.abs(got_logits.numpy() - np.array(want_logits)).max()),
     "cache_domain_diff": float(np.abs(got_dom.numpy() - np.array(want_dom)).max()),
     "logits_sum": float(logits.sum()),
-}))
+})
 sys.stdout.flush()
 cache.close()
