@@ -90,11 +90,14 @@ BOTH_STAGES = "$STAGE1_EPOCHS+$STAGE2_EPOCHS"  # the student alone's budget, for
 
 
 def resolve(value: str, env: Dict[str, str]) -> str:
-    """A step variable's value: ``$A+$B`` is the sum of those whole-number settings (a script's
-    default where the environment has none), as 5_student_second.sh adds epochs for the student alone."""
+    """A step's variable or argument: ``$A`` is setting A (a script's default where the environment
+    has none); ``$A+$B`` the sum of those whole-number settings, as 5_student_second.sh adds epochs
+    for the student alone; anything else is itself."""
     if not value.startswith("$"):
         return value
     names = [v[1:] for v in value.split("+")]
+    if len(names) == 1:
+        return env.get(names[0], SCRIPT_DEFAULTS[names[0]])
     try:
         return str(sum(int(env.get(n, SCRIPT_DEFAULTS[n])) for n in names))
     except ValueError:
@@ -354,14 +357,13 @@ class Runner:
         log = self.lay.logs / (str(step.out.relative_to(self.lay.run)).replace("/", "__") + ".log")
         print(f"[{time.strftime('%H:%M:%S')}] {what}: {step.command} -> {step.out} (log {log})", flush=True)
         t0 = time.perf_counter()
+        step_env = {k: resolve(v, self.env) for k, v in step.env.items()}
         with open(log, "a", encoding="utf-8") as f:
-            f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} "
-                    f"{json.dumps({k: resolve(v, self.env) for k, v in step.env.items()})}\n")
+            f.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {step.script} {json.dumps(step_env)}\n")
             f.flush()
-            args = [self.env.get(x[1:], SCRIPT_DEFAULTS[x[1:]]) if x.startswith("$") else x for x in step.args]
+            args = [resolve(x, self.env) for x in step.args]
             argv = ([self.env["METAKD_PYTHON"], "-m", step.module, *args] if step.module
                     else ["bash", str(ROOT / step.script)])
-            step_env = {k: resolve(v, self.env) for k, v in step.env.items()}
             self.child = subprocess.Popen(argv, env={**self.env, **step_env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                                           stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:

@@ -156,6 +156,8 @@ def test_chains_share_teachers_and_stage1(tmp_path):
 
 def test_resolve_adds_the_stages_epochs():
     assert compare.resolve("1e-4", {}) == "1e-4"
+    assert compare.resolve("$TEACHER_MODEL", {}) == compare.SCRIPT_DEFAULTS["TEACHER_MODEL"]
+    assert compare.resolve("$TEACHER_MODEL", {"TEACHER_MODEL": "/m"}) == "/m"
     assert compare.resolve(compare.BOTH_STAGES, {"STAGE1_EPOCHS": "3", "STAGE2_EPOCHS": "4"}) == "7"
     assert compare.resolve(compare.BOTH_STAGES, {"STAGE2_EPOCHS": "4"}) == "14"  # 4_student_first.sh's default 10
     with pytest.raises(UserError, match="STAGE1_EPOCHS=x"):
@@ -288,23 +290,15 @@ def test_runner_stopped_and_rerun_keeps_finished_cells(tmp_path):
 
 
 def test_bad_epochs_for_a_both_stages_method_fail_before_any_cell(tmp_path):
-    env = dict(os.environ, STAGE1_EPOCHS="x", PYTHONPATH=str(ROOT))
-    for k in compare.PER_CELL:
-        env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "metakd.compare", "--run-dir", str(tmp_path / "run"),
-                        "--methods", "metakd_no_stage1_hard", "--genres", "books", "--seeds", "1"],
-                       env=env, capture_output=True, text=True)
+    p = _call(["--run-dir", str(tmp_path / "run"), "--methods", "metakd_no_stage1_hard", "--genres", "books",
+               "--seeds", "1"], STAGE1_EPOCHS="x")
     assert p.returncode == 2 and "STAGE1_EPOCHS=x" in p.stderr and "whole numbers of epochs" in p.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_dry_run_shows_the_resolved_epochs(tmp_path):
-    env = dict(os.environ, STAGE1_EPOCHS="2", STAGE2_EPOCHS="3", PYTHONPATH=str(ROOT))
-    for k in compare.PER_CELL:
-        env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "metakd.compare", "--run-dir", str(tmp_path / "run"), "--dry-run",
-                        "--methods", "metakd_no_stage1_hard", "--genres", "books", "--seeds", "1"],
-                       env=env, capture_output=True, text=True)
+    p = _call(["--run-dir", str(tmp_path / "run"), "--dry-run", "--methods", "metakd_no_stage1_hard",
+               "--genres", "books", "--seeds", "1"], STAGE1_EPOCHS="2", STAGE2_EPOCHS="3")
     assert p.returncode == 0, p.stderr
     (line,) = [l for l in p.stdout.splitlines() if "5_student_second.sh" in l]
     assert "STAGE2_EPOCHS=5" in line and "SKIP_STAGE1=1" in line and "ALPHA=0.5" in line

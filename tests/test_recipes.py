@@ -3,13 +3,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from _tiny import ROOT
 from metakd import recipes
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("4_student_first.sh", "5_student_second.sh")
 
 
