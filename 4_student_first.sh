@@ -14,6 +14,9 @@ DATA_DIR="${DATA_DIR:-data/${TASK^^}}"                      # data/SENTI, data/M
 OUT_DIR="${OUT_DIR:-out}"
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher (3_train_teacher.sh)
 STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # the checkpoint folder to write
+TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # the pretrained teacher STUDENT_FROM_TEACHER takes layers from
+STUDENT_FROM_TEACHER="${STUDENT_FROM_TEACHER:-0}"           # k > 0: the student is k of TEACHER_MODEL's own layers (made once in OUT_DIR/students), not STUDENT_MODEL
+pick_student
 STUDENT_MODEL="${STUDENT_MODEL:-models/TinyBERT_General_4L_312D}"  # pretrained student BERT folder
 STAGE1_EPOCHS="${STAGE1_EPOCHS:-10}"
 STAGE1_LR="${STAGE1_LR:-3e-5}"
@@ -47,6 +50,7 @@ flags=(--save-every "$SAVE_EVERY" --teacher-cache-gb "$TEACHER_CACHE_GB")
 [ "$USE_DOMAIN_TERM" = 1 ] || flags+=(--no-domain-term)
 [ "$USE_ATTENTION_TERM" = 1 ] || flags+=(--no-attention-term)
 [ "$PLAIN_KD" = 1 ] && flags+=(--plain-kd)
+make_student_from_teacher
 DISTRIBUTED=1 run_metakd distill --task "$TASK" --stage first --genre "$GENRE" --data-dir "$DATA_DIR" --teacher "$TEACHER_DIR" \
   --student "$STUDENT_MODEL" --out "$STAGE1_DIR" --epochs "$STAGE1_EPOCHS" --lr "$STAGE1_LR" \
   --batch-size "$BATCH_SIZE" --max-seq-length "$MAX_SEQ_LENGTH" --domain-loss-weight "$DOMAIN_LOSS_WEIGHT" \

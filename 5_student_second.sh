@@ -16,6 +16,9 @@ TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"         # the frozen teacher
 STAGE1_DIR="${STAGE1_DIR:-$OUT_DIR/$GENRE/meta_student_pretrain}"  # stage 1's student (4_student_first.sh)
 SKIP_STAGE1="${SKIP_STAGE1:-0}"                             # 1: start from STUDENT_MODEL (no stage 1)
 STUDENT_ALONE="${STUDENT_ALONE:-0}"                         # 1: no teacher at all (the baseline)
+TEACHER_MODEL="${TEACHER_MODEL:-models/bert-base-uncased}"  # the pretrained teacher STUDENT_FROM_TEACHER takes layers from
+STUDENT_FROM_TEACHER="${STUDENT_FROM_TEACHER:-0}"           # k > 0: the student is k of TEACHER_MODEL's own layers (made once in OUT_DIR/students), not STUDENT_MODEL
+pick_student
 STUDENT_MODEL="${STUDENT_MODEL:-models/TinyBERT_General_4L_312D}"  # pretrained student (SKIP_STAGE1, STUDENT_ALONE)
 STUDENT_DIR="${STUDENT_DIR:-}"                              # folder to write (default GENRE/meta_student_finetune or GENRE/student_alone)
 STAGE1_EPOCHS="${STAGE1_EPOCHS:-10}"                        # STUDENT_ALONE trains STAGE1_EPOCHS + STAGE2_EPOCHS
@@ -41,6 +44,7 @@ flags=(--save-every "$SAVE_EVERY")
 if [ "$STUDENT_ALONE" = 1 ]; then
   [[ "$STAGE1_EPOCHS" =~ ^[0-9]+$ && "$STAGE2_EPOCHS" =~ ^[0-9]+$ ]] || {
     echo "error: 5_student_second.sh: STAGE1_EPOCHS=$STAGE1_EPOCHS, STAGE2_EPOCHS=$STAGE2_EPOCHS; STUDENT_ALONE needs whole numbers of epochs" >&2; exit 2; }
+  make_student_from_teacher
   # The same fine-tuning as the teachers', on the student and GENRE's rows only: no teacher is loaded.
   DISTRIBUTED=1 run_metakd train_teacher --task "$TASK" --genre "$GENRE" --data-dir "$DATA_DIR" --model "$STUDENT_MODEL" \
     --out "${STUDENT_DIR:-$OUT_DIR/$GENRE/student_alone}" --no-sample-weights --no-domain-loss \
@@ -50,6 +54,7 @@ if [ "$STUDENT_ALONE" = 1 ]; then
   exit
 fi
 if [ "$SKIP_STAGE1" = 1 ]; then  # checked here: distill cannot tell STUDENT_MODEL from a missing STAGE1_DIR
+  make_student_from_teacher
   [ -e "$STUDENT_MODEL" ] || {
     echo "error: 5_student_second.sh: $STUDENT_MODEL: model folder not found; check STUDENT_MODEL (SKIP_STAGE1=1 starts from it)" >&2; exit 2; }
   STAGE1_DIR="$STUDENT_MODEL"

@@ -28,6 +28,9 @@ def build_parser():
     g.add_argument("--num-layers", type=int, default=None,
                    help="student layers k (a divisor of the teacher's); the last layer of each block is taken")
     g.add_argument("--layers", default=None, help="comma-separated 0-based teacher layers, in order (e.g. 0,2,4)")
+    p.add_argument("--reuse", action="store_true",
+                   help="if --out exists and was made from the same teacher folder and layers, keep it "
+                        "(STUDENT_FROM_TEACHER in the scripts); made otherwise is an error")
     return p
 
 
@@ -65,8 +68,18 @@ def student_arrays(backbone: dict, layers: Sequence[int]) -> dict:
     return out
 
 
+def made_from(folder: Path) -> Optional[dict]:
+    """What ``folder`` was made of: ``{"teacher": path, "layers": [...]}``, or None if make_student did not make it."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("metakd_made_from")
+    except (OSError, ValueError):
+        return None
+
+
 def make_student(teacher: Path, out: Path, layers: Optional[Sequence[int]] = None,
-                 num_layers: Optional[int] = None) -> List[int]:
+                 num_layers: Optional[int] = None, reuse: bool = False) -> List[int]:
+    """Writes the student folder ``out``; with ``reuse``, an ``out`` made from the same teacher folder
+    (the same path, resolved) and layers is kept as it is. Returns the teacher layers used."""
     from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     from metakd.checkpoint import CONFIG, VOCAB, WEIGHTS, check_model_folder, load_backbone, read_config, state_dict_numpy
@@ -83,7 +96,16 @@ def make_student(teacher: Path, out: Path, layers: Optional[Sequence[int]] = Non
         layers = default_layers(n, k)
     layers = list(layers)
     if out.exists():
-        raise UserError("already exists; choose a new folder or delete it", out)
+        if not reuse:
+            raise UserError("already exists; choose a new folder or delete it", out)
+        have = made_from(out)
+        if have is not None and Path(have.get("teacher", "")).resolve() == teacher.resolve() \
+                and have.get("layers") == layers:
+            return layers
+        what = (f"made from {have.get('teacher')} layers {have.get('layers')}" if have is not None
+                else "not a student make_student wrote")
+        raise UserError(f"already exists, {what}, not {teacher} layers {layers}; delete it or choose another "
+                        "folder", out)
     backbone, _ = load_backbone(teacher, verbose=False)
     arrays = student_arrays(state_dict_numpy(backbone), layers)
     config = cfg.to_dict()
@@ -110,8 +132,10 @@ def main(argv=None) -> int:
     layers = parse_layers(a.layers, n) if a.layers is not None else None
     if a.num_layers is not None and a.num_layers < 1:
         raise UserError(f"--num-layers must be >= 1, got {a.num_layers}")
-    used = make_student(a.teacher, a.out, layers, a.num_layers)
-    print(f"student of {len(used)} layers (teacher layers {', '.join(map(str, used))} of {n}) written to {a.out}")
+    existed = a.out.exists()
+    used = make_student(a.teacher, a.out, layers, a.num_layers, reuse=a.reuse)
+    what = f"student of {len(used)} layers (teacher layers {', '.join(map(str, used))} of {n})"
+    print(f"reusing the {what} in {a.out}" if existed else f"{what} written to {a.out}")
     return 0
 
 

@@ -19,12 +19,13 @@ from typing import Dict, Optional, Sequence
 from metakd.errors import UserError, cli_main
 
 # Every variable a recipe may set: the distillation scripts' (4 and 5) recipe knobs.
-KNOBS = ("USE_ATTENTION_TERM", "SKIP_STAGE1", "ALPHA", "T_SQUARED", "STAGE2_LR")
+KNOBS = ("STUDENT_FROM_TEACHER", "USE_ATTENTION_TERM", "SKIP_STAGE1", "ALPHA", "T_SQUARED", "STAGE2_LR")
 
 RECIPES: Dict[str, Dict[str, str]] = {
     # stage 1: attention scores + hidden states (+ Meta-KD's domain term and weights);
     # stage 2: soft labels only, lr 3e-5, no T^2.
-    "paper": {"USE_ATTENTION_TERM": "1", "SKIP_STAGE1": "0", "ALPHA": "0", "T_SQUARED": "0", "STAGE2_LR": "3e-5"},
+    "paper": {"STUDENT_FROM_TEACHER": "0", "USE_ATTENTION_TERM": "1", "SKIP_STAGE1": "0", "ALPHA": "0",
+              "T_SQUARED": "0", "STAGE2_LR": "3e-5"},
 }
 DESCRIPTIONS = {
     "paper": "the paper's: stage 1 attention + hidden states, stage 2 soft labels only at lr 3e-5",

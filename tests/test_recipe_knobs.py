@@ -96,3 +96,21 @@ def test_make_student_refuses_bad_layers(tmp_path):
         code, _, err = call_main("metakd.make_student", ["--teacher", t.teacher, "--out", tmp_path / "s", *args])
         assert code == 2 and msg in err, err
         assert not (tmp_path / "s").exists()
+
+
+def test_make_student_reuse_keeps_the_same_student_and_refuses_another(tmp_path):
+    t = tiny()
+    out = tmp_path / "s"
+    args = ["--teacher", t.teacher, "--out", out, "--num-layers", "2"]
+    assert call_main("metakd.make_student", args)[0] == 0
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    code, text, err = call_main("metakd.make_student", [*args, "--reuse"])
+    assert code == 0 and text.startswith("reusing the student of 2 layers (teacher layers 1, 3 of 4)"), err
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    code, _, err = call_main("metakd.make_student", ["--teacher", t.teacher, "--out", out, "--layers", "0,2", "--reuse"])
+    assert code == 2 and f"{out}: already exists, made from {t.teacher} layers [1, 3], not {t.teacher} layers [0, 2]" in err
+    code, _, err = call_main("metakd.make_student", [*args])  # without --reuse an existing folder is refused
+    assert code == 2 and "already exists; choose a new folder or delete it" in err
+    code, _, err = call_main("metakd.make_student", ["--teacher", t.teacher, "--out", t.student, "--num-layers", "2",
+                                                     "--reuse"])
+    assert code == 2 and "not a student make_student wrote" in err

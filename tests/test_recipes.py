@@ -1,4 +1,5 @@
 """RECIPE=NAME in the distillation scripts: a named set of defaults that the environment overrides."""
+import json
 import os
 import re
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from _tiny import ROOT
+from _tiny import ROOT, tiny
 from metakd import recipes
 
 SCRIPTS = ("4_student_first.sh", "5_student_second.sh")
@@ -22,11 +23,12 @@ def script_defaults():
 
 
 def fake_python(tmp_path):
-    """A METAKD_PYTHON that runs metakd.recipes for real and records every other command's arguments."""
+    """A METAKD_PYTHON that runs metakd.recipes and metakd.make_student for real and records every other
+    command's arguments."""
     log = tmp_path / "argv.txt"
     fake = tmp_path / "python"
     fake.write_text(f"""#!/usr/bin/env bash
-if [ "$2" = metakd.recipes ]; then exec {sys.executable} "$@"; fi
+case "$2" in metakd.recipes|metakd.make_student) exec {sys.executable} "$@" ;; esac
 printf '%s\\n' "$*" >> {log}
 """)
     fake.chmod(0o755)
@@ -37,7 +39,7 @@ def run_script(tmp_path, script, **env):
     tmp_path.mkdir(parents=True, exist_ok=True)
     fake, log = fake_python(tmp_path)
     full = dict(os.environ, METAKD_PYTHON=str(fake), PYTHONPATH=str(ROOT), NPROC="1", OUT_DIR=str(tmp_path / "out"))
-    for var in recipes.KNOBS:  # the test's own environment must not leak in
+    for var in (*recipes.KNOBS, "STUDENT_MODEL", "TEACHER_MODEL"):  # the test's own environment must not leak in
         full.pop(var, None)
     full.pop("RECIPE", None)
     full.update(env)
@@ -115,3 +117,66 @@ def test_stage1_skipped_when_the_recipe_or_the_environment_says_so(tmp_path):
     p, calls = run_script(tmp_path / "b", "4_student_first.sh", USE_ATTENTION_TERM="0")
     (call,) = calls
     assert "--stage first" in call and "--no-attention-term" in call
+
+
+def _made(folder):
+    return json.loads((folder / "config.json").read_text())["metakd_made_from"]
+
+
+def test_student_from_teacher_is_made_once_and_used_by_both_scripts(tmp_path):
+    t = tiny()  # a 4-layer teacher
+    student = tmp_path / "out" / "students" / f"{t.teacher.name}_2L"
+    p, calls = run_script(tmp_path, "4_student_first.sh", STUDENT_FROM_TEACHER="2", TEACHER_MODEL=str(t.teacher))
+    assert p.returncode == 0, p.stderr
+    (call,) = calls
+    assert f"--student {student} " in call
+    assert _made(student) == {"teacher": str(t.teacher), "layers": [1, 3]}
+    stamp = (student / "model.safetensors").stat().st_mtime_ns
+    p, calls = run_script(tmp_path, "5_student_second.sh", STUDENT_FROM_TEACHER="2", TEACHER_MODEL=str(t.teacher),
+                          STUDENT_ALONE="1")
+    assert p.returncode == 0, p.stderr
+    assert "reusing the student of 2 layers" in p.stdout
+    (call,) = calls[1:]  # the log holds script 4's call too
+    assert "-m metakd.train_teacher" in call and f"--model {student} " in call
+    assert (student / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rewritten
+    p, calls = run_script(tmp_path, "5_student_second.sh", STUDENT_FROM_TEACHER="2", TEACHER_MODEL=str(t.teacher),
+                          SKIP_STAGE1="1")
+    assert p.returncode == 0, p.stderr
+    assert f"--student {student} " in calls[-1] and "--stage second" in calls[-1]
+
+
+def test_stage2_after_stage1_does_not_make_a_student(tmp_path):
+    t = tiny()
+    p, calls = run_script(tmp_path, "5_student_second.sh", STUDENT_FROM_TEACHER="2", TEACHER_MODEL=str(t.teacher))
+    assert p.returncode == 0, p.stderr
+    assert "--stage second" in calls[0] and not (tmp_path / "out" / "students").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("env,msg", [
+    ({"STUDENT_FROM_TEACHER": "two"}, "STUDENT_FROM_TEACHER=two; it must be 0 (use STUDENT_MODEL) or a number"),
+    ({"STUDENT_FROM_TEACHER": "2", "STUDENT_MODEL": "models/mine"},
+     "STUDENT_MODEL=models/mine and STUDENT_FROM_TEACHER=2 both choose the student; set STUDENT_FROM_TEACHER=0"),
+])
+def test_student_from_teacher_refuses_bad_settings_before_any_work(tmp_path, script, env, msg):
+    p, calls = run_script(tmp_path, script, STUDENT_ALONE="1", **env)
+    assert p.returncode == 2 and calls == []
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith(f"error: {script}: {msg}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_student_from_teacher_that_cannot_be_made_stops_the_script(tmp_path):
+    t = tiny()
+    p, calls = run_script(tmp_path, "4_student_first.sh", STUDENT_FROM_TEACHER="3", TEACHER_MODEL=str(t.teacher))
+    assert p.returncode == 2 and calls == []
+    assert "--num-layers 3: it must divide the teacher's 4 layers" in p.stderr
+    assert not (tmp_path / "out" / "students").exists() or not any((tmp_path / "out" / "students").iterdir())
+
+
+def test_compare_runner_controls_every_knob():
+    """An exported knob cannot change the runner's cells unrecorded: each is set per cell (and refused in the
+    environment) or a recorded setting."""
+    from metakd import compare
+
+    assert set(recipes.KNOBS) <= set(compare.PER_CELL) | set(compare.SETTINGS)

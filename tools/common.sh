@@ -48,3 +48,27 @@ use_recipe() {
   defaults="$("$METAKD_PYTHON" -m metakd.recipes --shell "${RECIPE:-paper}")" || exit 2
   eval "$defaults"
 }
+
+# pick_student: with STUDENT_FROM_TEACHER=k (> 0), STUDENT_MODEL becomes the k-layer student made of
+# TEACHER_MODEL's own layers, OUT_DIR/students/<teacher folder>_<k>L (make_student_from_teacher makes it
+# once); called before STUDENT_MODEL's default, so that a STUDENT_MODEL of the user's is not overridden.
+pick_student() {
+  local k="${STUDENT_FROM_TEACHER:-0}"
+  if ! [[ "$k" =~ ^[0-9]+$ ]]; then
+    echo "error: $(basename "$0"): STUDENT_FROM_TEACHER=$k; it must be 0 (use STUDENT_MODEL) or a number of student layers" >&2; exit 2
+  fi
+  [ "$((10#$k))" = 0 ] && return 0
+  if [ -n "${STUDENT_MODEL:-}" ]; then
+    echo "error: $(basename "$0"): STUDENT_MODEL=$STUDENT_MODEL and STUDENT_FROM_TEACHER=$k both choose the student; set STUDENT_FROM_TEACHER=0 to use STUDENT_MODEL, or unset STUDENT_MODEL" >&2; exit 2
+  fi
+  STUDENT_MODEL="$OUT_DIR/students/$(basename "$TEACHER_MODEL")_$((10#$k))L"
+}
+
+# make_student_from_teacher: makes (or reuses, if made from the same teacher and layers) the student
+# pick_student chose; nothing without STUDENT_FROM_TEACHER.
+make_student_from_teacher() {
+  local k="${STUDENT_FROM_TEACHER:-0}"
+  [ "$((10#$k))" = 0 ] && return 0
+  "$METAKD_PYTHON" -m metakd.make_student --teacher "$TEACHER_MODEL" --num-layers "$((10#$k))" \
+    --out "$STUDENT_MODEL" --reuse || exit 2
+}
