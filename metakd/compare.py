@@ -154,6 +154,15 @@ METHODS = {m.name: m for m in [
 ]}
 
 
+def alone_of(m: Method) -> Optional[str]:
+    """The student alone a distilled method ``m`` must beat: ``m``'s own student fine-tuned without a
+    teacher at the default recipe (student_alone for the shared STUDENT_MODEL)."""
+    for a in METHODS.values():
+        if a.kind == "alone" and a.student == m.student and not a.overrides:
+            return a.name
+    return None
+
+
 def build_parser():
     p = cli.parser("python -m metakd.compare", __doc__)
     p.epilog = "methods:\n" + "\n".join(f"  {m.name:31s} {m.label}" for m in METHODS.values())
@@ -571,6 +580,21 @@ def fmt(cell) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if np.isfinite(std) else "") + f" ({n})"
 
 
+def against_alone(df, evals, n_boot: int) -> List[Tuple[str, Optional[dict], Optional[dict]]]:
+    """Per distilled method in ``df``: its paired difference against student_alone, and against the
+    same student alone (alone_of) where that is another method; methods with neither left out."""
+    out = []
+    for m in df.method.unique():
+        if m not in METHODS or METHODS[m].kind != "kd":
+            continue
+        own = alone_of(METHODS[m])
+        shared = paired_difference(evals, m, "student_alone", n_boot)
+        same = paired_difference(evals, m, own, n_boot) if own not in (None, "student_alone") else None
+        if shared is not None or same is not None:
+            out.append((m, shared, same))
+    return out
+
+
 def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = False) -> Optional[Path]:
     from metakd.fileio import atomic_open
 
@@ -603,9 +627,29 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
             per_seed = ", ".join(f"{s}: {100 * v:+.2f}" for s, v in d["per_seed"].items())
             lines.append(f"| {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
                          f"| {per_seed} | {d['n_reviews']} | {len(d['genres'])} |")
+    students = against_alone(df, evals, n_boot)
+    if students:
+        lines += ["", "Each distilled student minus a student fine-tuned alone on the same reviews (the same "
+                      "pairing and interval): the shared student alone (student_alone), and, for a distilled "
+                      "student made otherwise, that same student alone.", "",
+                  "| method | minus student_alone | 95% interval | minus the same student alone | 95% interval | seeds |",
+                  "|---|---|---|---|---|---|"]
+        for m, shared, own in students:
+            cells = []
+            for d, name in ((shared, ""), (own, f"{own['b']}: " if own else "")):
+                cells += (["", ""] if d is None else [f"{name}{100 * d['difference']:+.2f}",
+                                                      f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"])
+            seeds = (shared or own)["seeds"]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds))} |")
     with atomic_open(lay.run / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     from metakd.fileio import write_json
+    seen = {(d["a"], d["b"]) for d in diffs}
+    for _, shared, own in students:
+        for d in (shared, own):
+            if d is not None and (d["a"], d["b"]) not in seen:
+                diffs.append(d)
+                seen.add((d["a"], d["b"]))
     write_json(lay.run / "paired.json", diffs)
     plot_accuracy(df, genres, lay.run / "accuracy.png")
     plot_curves(df, evals, lay.run / "curves.png")

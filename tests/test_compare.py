@@ -91,6 +91,33 @@ def test_paired_difference_interval_covers_a_known_difference():
     assert d["ci_high"] - d["ci_low"] == pytest.approx(2 * 1.96 * se, rel=0.15)  # the normal interval's width
 
 
+def test_alone_of_is_the_same_student_alone():
+    from metakd.compare import alone_of
+
+    assert alone_of(METHODS["metakd"]) == alone_of(METHODS["metakd_hard"]) == "student_alone"
+    assert alone_of(METHODS["metakd_teacher_layers"]) == "student_alone_teacher_layers"
+    for m in METHODS.values():  # every student a distilled method uses has its alone baseline
+        if m.kind == "kd":
+            assert alone_of(m) is not None, m.name
+
+
+def test_against_alone_by_hand():
+    from metakd.compare import against_alone
+
+    y = [0, 1, 1, 0]
+    preds = {"metakd": [0, 1, 1, 1], "student_alone": [0, 0, 1, 1], "metakd_teacher_layers": [0, 1, 1, 0],
+             "student_alone_teacher_layers": [1, 0, 0, 0], "teacher_meta": [0, 1, 1, 0]}
+    evals = {(m, "books", 1): _ev(y, p) for m, p in preds.items()}
+    df = pd.DataFrame({"method": list(preds)})
+    rows = {m: (shared, own) for m, shared, own in against_alone(df, evals, n_boot=200)}
+    assert set(rows) == {"metakd", "metakd_teacher_layers"}  # distilled methods only
+    # correct: metakd [1,1,1,0], alone [1,0,1,0], teacher layers [1,1,1,1], its own alone [0,0,0,1]
+    assert rows["metakd"][0]["difference"] == pytest.approx(0.25) and rows["metakd"][1] is None
+    shared, own = rows["metakd_teacher_layers"]
+    assert shared["b"] == "student_alone" and shared["difference"] == pytest.approx(0.5)
+    assert own["b"] == "student_alone_teacher_layers" and own["difference"] == pytest.approx(0.75)
+
+
 def test_summary_table_against_numpy():
     df = pd.DataFrame([
         {"method": "m", "genre": g, "seed": s, "test_accuracy": acc}
