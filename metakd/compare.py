@@ -154,6 +154,11 @@ METHODS = {m.name: m for m in [
 ]}
 
 
+# The method that measured each RECIPE preset (metakd/recipes.py) in the comparison: the same variables
+# (tests/test_recipes.py checks), so that its cells are the preset's results.
+RECIPE_METHODS = {"paper": "metakd"}
+
+
 def alone_of(m: Method) -> Optional[str]:
     """The student alone a distilled method ``m`` must beat: ``m``'s own student fine-tuned without a
     teacher at the default recipe (student_alone for the shared STUDENT_MODEL)."""

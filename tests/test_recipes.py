@@ -180,3 +180,31 @@ def test_compare_runner_controls_every_knob():
     from metakd import compare
 
     assert set(recipes.KNOBS) <= set(compare.PER_CELL) | set(compare.SETTINGS)
+
+
+def _knobs_of(method, tmp_path):
+    """The recipe variables a comparison method's scripts run with (the runner sets RECIPE=paper and the
+    method's own), its made student read as STUDENT_FROM_TEACHER."""
+    from metakd import compare
+
+    knobs = dict(recipes.RECIPES["paper"])
+    for step in compare.model_chain(method, "books", 1, compare.Layout(tmp_path)):
+        if step.script in SCRIPTS:
+            assert step.env["RECIPE"] == "paper"
+            knobs.update({k: v for k, v in step.env.items() if k in recipes.KNOBS})
+    if method.student is not None:
+        args = compare.STUDENTS[method.student]
+        assert args[:2] == ("--teacher", "$TEACHER_MODEL") and "--layers" not in args
+        knobs["STUDENT_FROM_TEACHER"] = args[args.index("--num-layers") + 1]
+    return knobs
+
+
+def test_each_recipe_is_what_its_comparison_method_measured(tmp_path):
+    from metakd import compare
+
+    assert set(compare.RECIPE_METHODS) == set(recipes.RECIPES)
+    for name, method in compare.RECIPE_METHODS.items():
+        assert _knobs_of(compare.METHODS[method], tmp_path) == recipes.RECIPES[name], name
+    # and the check can fail: another method is not the paper's recipe
+    assert _knobs_of(compare.METHODS["metakd_hard"], tmp_path) != recipes.RECIPES["paper"]
+    assert _knobs_of(compare.METHODS["metakd_teacher_layers"], tmp_path)["STUDENT_FROM_TEACHER"] == "3"
