@@ -156,7 +156,7 @@ METHODS = {m.name: m for m in [
 
 # The method that measured each RECIPE preset (metakd/recipes.py) in the comparison: the same variables
 # (tests/test_recipes.py checks), so that its cells are the preset's results.
-RECIPE_METHODS = {"paper": "metakd"}
+RECIPE_METHODS = {"paper": "metakd", "teacher_layers": "metakd_teacher_layers"}
 
 
 def alone_of(m: Method) -> Optional[str]:

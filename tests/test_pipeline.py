@@ -99,6 +99,27 @@ def test_eval_all_genres_reuses_outputs(quickstart, tmp_path):
     assert "books" in table["results"] and "student" in table["results"]["books"], p.stdout
 
 
+def test_teacher_layers_recipe_after_the_quick_start(quickstart):
+    """RECIPE=teacher_layers through scripts 4 and 5 for real: the student made of the teacher's layers
+    (STUDENT_FROM_TEACHER=2 here: the tiny teacher has 4), distilled in two stages, and that student alone."""
+    tmp, _ = quickstart
+    env = script_env(tmp, DATA_DIR=tmp / "data", OUT_DIR=tmp / "recipe", TEACHER_DIR=tmp / "out" / "meta_teacher",
+                     TEACHER_MODEL=tmp / "models" / "tiny-teacher", RECIPE="teacher_layers", STUDENT_FROM_TEACHER=2,
+                     STAGE1_EPOCHS=1, STAGE2_EPOCHS=1, MAX_SEQ_LENGTH=64, EVAL_EVERY=0)
+    env.pop("STUDENT_MODEL", None)
+    run(["bash", "4_student_first.sh"], env)
+    p = run(["bash", "5_student_second.sh"], env)
+    alone = run(["bash", "5_student_second.sh"], dict(env, STUDENT_ALONE="1"))
+    made = tmp / "recipe" / "students" / "tiny-teacher_2L"
+    assert json.loads((made / "config.json").read_text())["metakd_made_from"]["layers"] == [1, 3]
+    assert "reusing the student of 2 layers" in alone.stdout
+    for folder in ("books/meta_student_pretrain", "books/meta_student_finetune", "books/student_alone"):
+        cfg = json.loads((tmp / "recipe" / folder / "config.json").read_text())
+        assert cfg["num_hidden_layers"] == 2 and cfg["hidden_size"] == 64, folder  # the teacher's width
+        assert (tmp / "recipe" / folder / "results.json").is_file()
+    assert "accuracy" in p.stdout + p.stderr
+
+
 @pytest.mark.parametrize("script", SCRIPTS + ["compare.sh"])
 def test_script_help(script, tmp_path):
     p = run(["bash", script, "--help"], script_env(tmp_path), timeout=60)
