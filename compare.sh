@@ -9,6 +9,7 @@
 #   metakd_no_proto metakd_no_expertise metakd_no_domain_term metakd_teacher_no_domain_loss
 #   metakd_no_stage1 metakd_easynlp metakd_hidden_only metakd_hard metakd_lr1e-4 student_alone_lr1e-4
 #   metakd_teacher_layers student_alone_teacher_layers metakd_t1 metakd_no_stage1_full metakd_no_stage1_hard
+#   metakd_teacher_layers_no_stage1_full
 #   (python -m metakd.compare --help says what each is).
 cd "$(dirname "$0")" && source tools/common.sh
 

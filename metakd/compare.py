@@ -151,6 +151,10 @@ METHODS = {m.name: m for m in [
            label="Meta-KD, student = 3 of the pretrained teacher's layers"),
     Method("student_alone_teacher_layers", "alone", student="teacher_layers",
            label="student alone, = 3 of the pretrained teacher's layers"),
+    # after the choice: which of the two stages lifts the made student (stage 2 given both stages' epochs)
+    Method("metakd_teacher_layers_no_stage1_full", "kd", "meta", None, student="teacher_layers",
+           label="the made student, no stage 1, stage 2 for both stages' epochs",
+           overrides=(("STAGE2_EPOCHS", BOTH_STAGES),)),
 ]}
 
 

@@ -173,6 +173,10 @@ def test_chains_share_teachers_and_stage1(tmp_path):
         assert env[m]["SKIP_STAGE1"] == "1" and env[m]["STAGE2_EPOCHS"] == compare.BOTH_STAGES
     assert "STAGE2_EPOCHS" not in env["metakd_no_stage1"]
     assert env["metakd_no_stage1_hard"]["ALPHA"] == "0.5" and env["metakd_no_stage1_hard"]["T_SQUARED"] == "1"
+    direct = chain["metakd_teacher_layers_no_stage1_full"]  # the made student, straight into stage 2
+    assert [s.module or s.script for s in direct] == ["metakd.make_student", "3_train_teacher.sh", "5_student_second.sh"]
+    assert direct[2].env["SKIP_STAGE1"] == "1" and direct[2].env["STUDENT_MODEL"] == str(direct[0].out)
+    assert dict(METHODS["metakd_teacher_layers_no_stage1_full"].overrides)["STAGE2_EPOCHS"] == compare.BOTH_STAGES
 
     made = tmp_path / "students" / "teacher_layers"
     assert outs["metakd_teacher_layers"][0] == outs["student_alone_teacher_layers"][0] == made
