@@ -589,16 +589,25 @@ def fmt(cell) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if np.isfinite(std) else "") + f" ({n})"
 
 
-def against_alone(df, evals, n_boot: int) -> List[Tuple[str, Optional[dict], Optional[dict]]]:
+def against_alone(df, evals, n_boot: int, done: Optional[Dict[Tuple[str, str], Optional[dict]]] = None
+                  ) -> List[Tuple[str, Optional[dict], Optional[dict]]]:
     """Per distilled method in ``df``: its paired difference against student_alone, and against the
-    same student alone (alone_of) where that is another method; methods with neither left out."""
+    same student alone (alone_of) where that is another method; methods with neither left out.
+    ``done``: differences already computed, by (a, b); the new ones are added to it."""
+    done = {} if done is None else done
+
+    def pair(a: str, b: str) -> Optional[dict]:
+        if (a, b) not in done:
+            done[(a, b)] = paired_difference(evals, a, b, n_boot)
+        return done[(a, b)]
+
     out = []
     for m in df.method.unique():
         if m not in METHODS or METHODS[m].kind != "kd":
             continue
         own = alone_of(METHODS[m])
-        shared = paired_difference(evals, m, "student_alone", n_boot)
-        same = paired_difference(evals, m, own, n_boot) if own not in (None, "student_alone") else None
+        shared = pair(m, "student_alone")
+        same = pair(m, own) if own not in (None, "student_alone") else None
         if shared is not None or same is not None:
             out.append((m, shared, same))
     return out
@@ -624,8 +633,8 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
               "| method | " + " | ".join(genres) + " | average |", "|---|" + "---|" * (len(genres) + 1)]
     for row in summary_table(df, genres, "dev_accuracy"):
         lines.append(f"| {row['method']} | " + " | ".join(fmt(row[g]) for g in genres) + f" | {fmt(row['average'])} |")
-    diffs = [paired_difference(evals, reference, m, n_boot) for m in df.method.unique() if m != reference]
-    diffs = [d for d in diffs if d is not None]
+    done = {(reference, m): paired_difference(evals, reference, m, n_boot) for m in df.method.unique() if m != reference}
+    diffs = [d for d in done.values() if d is not None]
     if diffs:
         lines += ["", f"Paired difference on the pooled test reviews: {reference} minus each method, accuracy points. "
                       "95% interval: a two-level bootstrap (within each genre the seeds, then the reviews, with "
@@ -636,7 +645,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
             per_seed = ", ".join(f"{s}: {100 * v:+.2f}" for s, v in d["per_seed"].items())
             lines.append(f"| {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
                          f"| {per_seed} | {d['n_reviews']} | {len(d['genres'])} |")
-    students = against_alone(df, evals, n_boot)
+    students = against_alone(df, evals, n_boot, done)
     if students:
         lines += ["", "Each distilled student minus a student fine-tuned alone on the same reviews (the same "
                       "pairing and interval): the shared student alone (student_alone), and, for a distilled "
@@ -653,13 +662,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
     with atomic_open(lay.run / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     from metakd.fileio import write_json
-    seen = {(d["a"], d["b"]) for d in diffs}
-    for _, shared, own in students:
-        for d in (shared, own):
-            if d is not None and (d["a"], d["b"]) not in seen:
-                diffs.append(d)
-                seen.add((d["a"], d["b"]))
-    write_json(lay.run / "paired.json", diffs)
+    write_json(lay.run / "paired.json", [d for d in done.values() if d is not None])  # the reference's first
     plot_accuracy(df, genres, lay.run / "accuracy.png")
     plot_curves(df, evals, lay.run / "curves.png")
     if quiet:

@@ -21,16 +21,16 @@ from metakd.errors import UserError, cli_main
 # Every variable a recipe may set: the distillation scripts' (4 and 5) recipe knobs.
 KNOBS = ("STUDENT_FROM_TEACHER", "USE_ATTENTION_TERM", "SKIP_STAGE1", "ALPHA", "T_SQUARED", "STAGE2_LR")
 
+# stage 1: attention scores + hidden states (+ Meta-KD's domain term and weights);
+# stage 2: soft labels only, lr 3e-5, no T^2.
+_PAPER = {"STUDENT_FROM_TEACHER": "0", "USE_ATTENTION_TERM": "1", "SKIP_STAGE1": "0", "ALPHA": "0",
+          "T_SQUARED": "0", "STAGE2_LR": "3e-5"}
 RECIPES: Dict[str, Dict[str, str]] = {
-    # stage 1: attention scores + hidden states (+ Meta-KD's domain term and weights);
-    # stage 2: soft labels only, lr 3e-5, no T^2.
-    "paper": {"STUDENT_FROM_TEACHER": "0", "USE_ATTENTION_TERM": "1", "SKIP_STAGE1": "0", "ALPHA": "0",
-              "T_SQUARED": "0", "STAGE2_LR": "3e-5"},
+    "paper": _PAPER,
     # the paper's recipe on a student made of 3 of the pretrained teacher's own layers (every 2nd of 6:
     # 1, 3, 5), which starts in the teacher's representation space; the best student on dev, seed 42
     # (docs/results.md, "Making the transfer work"). With a 12-layer teacher, 3 takes layers 3, 7, 11.
-    "teacher_layers": {"STUDENT_FROM_TEACHER": "3", "USE_ATTENTION_TERM": "1", "SKIP_STAGE1": "0", "ALPHA": "0",
-                       "T_SQUARED": "0", "STAGE2_LR": "3e-5"},
+    "teacher_layers": {**_PAPER, "STUDENT_FROM_TEACHER": "3"},
 }
 DESCRIPTIONS = {
     "paper": "the paper's: stage 1 attention + hidden states, stage 2 soft labels only at lr 3e-5",
