@@ -2,7 +2,7 @@
 # Compare Meta-KD with its baselines: METHODS x GENRES x SEEDS, each cell built by the numbered
 # scripts (shared teachers and stage-1 students built once), resumable: stop it at any point and run
 # it again to continue. Writes RUN_DIR/results.csv, results.md (mean +- std over seeds, paired
-# differences with 95% bootstrap intervals), accuracy.png and curves.png.
+# differences with 95% bootstrap intervals), accuracy.png, curves.png and paired.png.
 # The numbered scripts' variables (TEACHER_MODEL, STUDENT_MODEL, *_EPOCHS, *_LR, BATCH_SIZE, NPROC,
 # EVAL_EVERY, DEVICE, SOURCE, ...) apply to every cell: set them in the environment as for the scripts.
 # Methods: teacher_single teacher_mix teacher_meta student_alone kd_single kd_mix kd_meta metakd

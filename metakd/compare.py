@@ -14,8 +14,8 @@ resumes from its last saved state).
 
 Writes into ``<run-dir>``: ``results.csv`` (one row per cell), ``results.md`` (mean +- std over
 seeds per genre and on average; the paired difference of ``--reference`` against every other
-method on the pooled test reviews with a 95% bootstrap interval), ``accuracy.png`` and
-``curves.png``. ``--report-only`` rewrites them from the finished cells without training.
+method on the pooled test reviews with a 95% bootstrap interval), ``accuracy.png``,
+``curves.png`` and ``paired.png`` (each distilled student minus a student alone). ``--report-only`` rewrites them from the finished cells without training.
 """
 from __future__ import annotations
 
@@ -665,10 +665,11 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
     write_json(lay.run / "paired.json", [d for d in done.values() if d is not None])  # the reference's first
     plot_accuracy(df, genres, lay.run / "accuracy.png")
     plot_curves(df, evals, lay.run / "curves.png")
+    plot_paired(students, lay.run / "paired.png")
     if quiet:
         return lay.run / "results.md"
     print("\n".join(lines))
-    print(f"wrote {lay.run / 'results.csv'}, results.md, paired.json, accuracy.png, curves.png")
+    print(f"wrote {lay.run / 'results.csv'}, results.md, paired.json, accuracy.png, curves.png, paired.png")
     return lay.run / "results.md"
 
 
@@ -702,6 +703,40 @@ def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
         ax.set_ylim(max(0, min(vals) - 8), min(100, max(vals) + 4))
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.set_title("Test accuracy, mean ± std over seeds")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path: Path) -> None:
+    """Forest plot of against_alone: per distilled method, its paired difference against the shared student
+    alone and against the same student alone (circle and square, 95% interval as a bar), each seed's
+    pooled difference as a small dot. Nothing is written when there is no pair."""
+    from metakd.fileio import atomic_open
+
+    if not students:
+        return
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(students)))
+    for i, (m, shared, own) in enumerate(reversed(students)):
+        for d, dy, marker, color, label in ((shared, 0.1, "o", "tab:blue", "minus student_alone"),
+                                            (own, -0.1, "s", "tab:orange", "minus the same student alone")):
+            if d is None:
+                continue
+            first = label not in ax.get_legend_handles_labels()[1]
+            ax.errorbar(100 * d["difference"], i + dy, xerr=[[100 * (d["difference"] - d["ci_low"])],
+                                                             [100 * (d["ci_high"] - d["difference"])]],
+                        fmt=marker, color=color, capsize=3, ms=5, label=label if first else None)
+            ax.plot([100 * v for v in d["per_seed"].values()], [i + dy] * len(d["per_seed"]), "x", color="black",
+                    ms=4, mew=0.8, label="one seed" if i == len(students) - 1 and dy > 0 else None)
+    ax.axvline(0, color="0.4", lw=0.8)
+    seeds = [len((shared or own)["seeds"]) for _, shared, own in reversed(students)]
+    ax.set_yticks(range(len(students)), [f"{m} ({n})" for (m, _, _), n in zip(reversed(students), seeds)], fontsize=8)
+    ax.set_ylim(-0.6, len(students) - 0.4)
+    ax.set_xlabel("test accuracy difference (points), 95% two-level bootstrap interval; (n): seeds")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    ax.set_title("Each distilled student minus a student fine-tuned alone")
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

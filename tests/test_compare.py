@@ -101,7 +101,7 @@ def test_alone_of_is_the_same_student_alone():
             assert alone_of(m) is not None, m.name
 
 
-def test_against_alone_by_hand():
+def test_against_alone_by_hand(tmp_path):
     from metakd.compare import against_alone
 
     y = [0, 1, 1, 0]
@@ -116,6 +116,12 @@ def test_against_alone_by_hand():
     shared, own = rows["metakd_teacher_layers"]
     assert shared["b"] == "student_alone" and shared["difference"] == pytest.approx(0.5)
     assert own["b"] == "student_alone_teacher_layers" and own["difference"] == pytest.approx(0.75)
+    from metakd.compare import plot_paired
+
+    plot_paired([(m, *pair) for m, pair in rows.items()], tmp_path / "paired.png")
+    assert (tmp_path / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_paired([], tmp_path / "none.png")  # no pair: no plot
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_summary_table_against_numpy():
@@ -297,7 +303,7 @@ def test_runner_stopped_and_rerun_keeps_finished_cells(tmp_path):
                                                       for g in ("books", "dvd") for s in (1, 2)}
     assert set(df.student_epochs) == {5}  # stage 1 + stage 2 for Meta-KD, the same for the student alone
     assert df.test_accuracy.between(0, 1).all() and (df.wall_s > 0).all()
-    for name in ("accuracy.png", "curves.png"):
+    for name in ("accuracy.png", "curves.png", "paired.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (run / "results.md").read_text()
     assert "| metakd |" in md and "| student_alone |" in md and "95%" in md

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 RUN_DIR="${1:-out/compare_real}"
 [ -f "$RUN_DIR/results.csv" ] || { echo "error: $RUN_DIR: no results.csv; run tools/compare_real.sh first" >&2; exit 2; }
 mkdir -p docs/compare
-for f in results.csv results.md paired.json accuracy.png curves.png walls.tsv config.json; do
+for f in results.csv results.md paired.json accuracy.png curves.png paired.png walls.tsv config.json; do
   [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "docs/compare/$f"
 done
 # every finished cell's evaluation (small, self-contained): a later run takes them with CELLS_FROM
