@@ -2,7 +2,7 @@
 # The real comparison of docs/results.md: the real reviews and the ../shared/models pair on CPU
 # (NPROC=2, global batch 16, epochs 1/3/3 as tools/real_run.sh), run in phases, most informative first.
 # Resumable: rerun it (from the same commit) and finished cells are kept. RUN_DIR as in compare.sh.
-# PHASES picks phases (default all: 1 5 6s 7s 2s 8 9s 2 6 3 4, the questions first): 1 Meta-KD vs the student alone and the meta-teacher;
+# PHASES picks phases (default 1 5 6s 7s 2s 8 9s 2 3 4, the questions first; 6, the recipes at every seed, only when named): 1 Meta-KD vs the student alone and the meta-teacher;
 # 2 plain KD from the meta-teacher and Meta-KD without stage 1; 3 BERT-mix, BERT-s and KD from them;
 # 4 the other ablations; 5 COMPAT=easynlp Meta-KD on books (seed 42); 6 the recipes that might make the
 # transfer work (hidden states only in stage 1, hard labels + T^2, a larger stage-2 rate and the student
@@ -21,7 +21,7 @@ export DEVICE="${DEVICE:-cpu}" NPROC="${NPROC:-2}" BATCH_SIZE="${BATCH_SIZE:-8}"
 export TEACHER_EPOCHS="${TEACHER_EPOCHS:-1}" STAGE1_EPOCHS="${STAGE1_EPOCHS:-3}" STAGE2_EPOCHS="${STAGE2_EPOCHS:-3}"
 export RUN_DIR="${RUN_DIR:-out/compare_real}" SEEDS="${SEEDS:-42,43,44}"
 [ -d docs/compare/cells ] && export CELLS_FROM="${CELLS_FROM:-docs/compare/cells}"  # cells earlier sessions committed
-PHASES="${PHASES:-1 5 6s 7s 2s 8 9s 2 6 3 4}"  # the questions first: Meta-KD vs the student alone, EasyNLP's numerics, then why
+PHASES="${PHASES:-1 5 6s 7s 2s 8 9s 2 3 4}"  # the questions first: Meta-KD vs the student alone, EasyNLP's numerics, then why
 for phase in $PHASES; do
   case "$phase" in
     1) METHODS=teacher_meta,metakd,student_alone bash compare.sh ;;
