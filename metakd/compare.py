@@ -542,22 +542,26 @@ def paired_difference(evals: Dict[Tuple[str, str, int], dict], a: str, b: str, n
     statistic over ``n_boot`` two-level resamples, within each genre the seeds with replacement and
     then the reviews with replacement, so that it holds the training (seed) variation as well as
     the test sample's. ``per_seed``: the pooled difference of each seed that every genre shares.
+    ``agreement``: the share of those reviews on which ``a`` and ``b`` predict the same label, weighted
+    as the estimate (near 1 with a difference near 0: the two methods make nearly the same model).
     """
-    mats, genres_used = [], []
+    mats, agree, genres_used = [], [], []
     seeds_by_genre: Dict[str, List[int]] = {}
     for genre in sorted({g for (_, g, _) in evals}):
         seeds = sorted(s for (m, g, s) in evals if m == a and g == genre and (b, genre, s) in evals)
         if not seeds:
             continue
-        rows = []
+        rows, same = [], []
         for s in seeds:
             ea, eb = evals[(a, genre, s)], evals[(b, genre, s)]
             y = predictions_of(ea, "test_labels")
             if not np.array_equal(y, predictions_of(eb, "test_labels")):
                 raise UserError(f"{a} and {b} were evaluated on different test rows for {genre}, seed {s}")
-            rows.append((predictions_of(ea, "test_predictions") == y).astype(float)
-                        - (predictions_of(eb, "test_predictions") == y))
+            pa, pb = predictions_of(ea, "test_predictions"), predictions_of(eb, "test_predictions")
+            rows.append((pa == y).astype(float) - (pb == y))
+            same.append((pa == pb).astype(float))
         mats.append(np.stack(rows))  # [seeds, reviews]
+        agree.append(np.stack(same).mean(axis=0).sum())
         genres_used.append(genre)
         seeds_by_genre[genre] = seeds
     if not mats:
@@ -578,7 +582,7 @@ def paired_difference(evals: Dict[Tuple[str, str, int], dict], a: str, b: str, n
     per_seed = {int(s): float(sum(m[seeds_by_genre[g].index(s)].sum() for g, m in zip(genres_used, mats)) / n_total)
                 for s in common}
     return {"a": a, "b": b, "difference": float(estimate), "ci_low": float(ci_low), "ci_high": float(ci_high),
-            "n_reviews": int(n_total), "genres": genres_used, "seeds": sorted({s for v in seeds_by_genre.values() for s in v}),
+            "agreement": float(sum(agree) / n_total), "n_reviews": int(n_total), "genres": genres_used, "seeds": sorted({s for v in seeds_by_genre.values() for s in v}),
             "seeds_by_genre": seeds_by_genre, "per_seed": per_seed}
 
 
@@ -639,12 +643,14 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
         lines += ["", f"Paired difference on the pooled test reviews: {reference} minus each method, accuracy points. "
                       "95% interval: a two-level bootstrap (within each genre the seeds, then the reviews, with "
                       "replacement; each review's difference averaged over the seeds both methods have). Per seed: "
-                      "the pooled difference of each seed that every genre has.", "",
-                  "| method | difference | 95% interval | per seed | reviews | genres |", "|---|---|---|---|---|---|"]
+                      "the pooled difference of each seed that every genre has. Same predictions: the share of those "
+                      "reviews on which both predict the same label.", "",
+                  "| method | difference | 95% interval | per seed | same predictions | reviews | genres |",
+                  "|---|---|---|---|---|---|---|"]
         for d in diffs:
             per_seed = ", ".join(f"{s}: {100 * v:+.2f}" for s, v in d["per_seed"].items())
             lines.append(f"| {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
-                         f"| {per_seed} | {d['n_reviews']} | {len(d['genres'])} |")
+                         f"| {per_seed} | {100 * d['agreement']:.1f}% | {d['n_reviews']} | {len(d['genres'])} |")
     students = against_alone(df, evals, n_boot, done)
     if students:
         lines += ["", "Each distilled student minus a student fine-tuned alone on the same reviews (the same "

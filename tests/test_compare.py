@@ -45,6 +45,8 @@ def test_paired_difference_by_hand():
     assert d["seeds_by_genre"] == {"books": [1, 2], "dvd": [1]}
     # per seed: only seed 1 is in both genres; its pooled difference: books [0,1,0,0] and dvd [1,1,0]
     assert d["per_seed"] == {1: pytest.approx(3 / 7)}
+    # same prediction: books seed 1 [1,0,1,1], seed 2 [0,1,0,1] -> [0.5,0.5,0.5,1]; dvd seed 1 [0,0,1]
+    assert d["agreement"] == pytest.approx((2.5 + 1) / 7)
     assert d["ci_low"] <= d["difference"] <= d["ci_high"]
     # The interval's bounds are means of 7 reviews' resampled values: multiples of 0.5/7.
     assert (d["ci_low"] * 14) == pytest.approx(round(d["ci_low"] * 14))
