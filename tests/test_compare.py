@@ -208,6 +208,18 @@ def test_compare_sh_lists_every_method():
     assert all(f" {m}" in header.replace("\n#", " ") for m in METHODS)
 
 
+def test_compare_real_phases_name_known_methods():
+    """tools/compare_real.sh runs for hours: a misspelt method would only fail when its phase comes."""
+    import re
+
+    text = (ROOT / "tools" / "compare_real.sh").read_text()
+    named = {m for group in re.findall(r"METHODS=([\w,.-]+)", text) for m in group.split(",")}
+    assert len(named) > 10 and named <= set(METHODS), named - set(METHODS)
+    default = re.search(r'PHASES="\$\{PHASES:-([^}]*)\}"', text).group(1).split()
+    cases = re.findall(r"^\s+([\w|]+)\)", text, flags=re.M)
+    assert set(default) <= {p for c in cases for p in c.split("|")}
+
+
 # ------------------------------------------------------------------ errors
 
 
