@@ -68,3 +68,8 @@ def test_bad_run_dir_is_one_error_line(tmp_path):
     assert p.stderr.startswith("error: tools/stage1_weights.py: ") and "2_process_data.sh" in p.stderr
     with pytest.raises(ValueError, match="1 rows for 2 training rows"):
         stage1_weights.genre_rows(_run_dir(tmp_path, logits_rows=1), 1)
+    tsv = tmp_path / "run" / "data" / "train_with_weights.tsv"  # a label the teacher does not have
+    tsv.write_text(tsv.read_text().replace("negative\tdvd", "neutral\tdvd"))
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "stage1_weights.py"), str(tmp_path / "run"), "--seed", "1"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "train_with_weights.tsv:3: " in p.stderr, p.stderr

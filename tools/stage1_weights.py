@@ -16,7 +16,6 @@ GENRE's training rows, in the file's order, saved by stage 1).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -24,11 +23,15 @@ from typing import Dict, List
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from metakd.data.senti import read_standard_tsv  # noqa: E402  (the reader stage 1 uses: same rows, same order)
+from metakd.errors import UserError  # noqa: E402
+
 
 def weights(prototype: np.ndarray, logits: np.ndarray, label_index: np.ndarray) -> Dict[str, np.ndarray]:
     """[N], [N, K], [N] -> the teacher's p_y, the expertise and the weight, each [N]."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
     p_y = p[np.arange(len(p)), label_index]
     expertise = 1.0 / (1.0 + np.exp((1.0 - p_y) ** 2))
     return {"p_y": p_y, "expertise": expertise, "w": (1.0 + prototype) * expertise}
@@ -45,27 +48,22 @@ def genre_rows(run: Path, seed: int) -> List[dict]:
     labels = info.get("labels")
     if not labels:
         raise ValueError(f"{config}: no labels list; give a meta-teacher folder that metakd wrote")
-    with tsv.open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = read_standard_tsv(tsv, labels=labels)  # a label the teacher lacks: a UserError naming the line
     out = []
-    for genre in dict.fromkeys([*info.get("domains", []), *(r["domain"] for r in rows)]):
+    for genre in dict.fromkeys([*info.get("domains", []), *rows["domain"]]):
         npz = run / f"seed{seed}" / genre / "stage1_meta_metakd" / "teacher_logits.npz"
         if not npz.is_file():
             continue  # that genre's Meta-KD stage 1 has not run
-        mine = [r for r in rows if r["domain"] == genre]
+        mine = rows[rows["domain"] == genre]
         with np.load(npz) as z:
             logits = z["logits"].astype(np.float64)
         if len(logits) != len(mine):
             raise ValueError(f"{npz}: {len(logits)} rows for {len(mine)} training rows of {genre}; "
                              "the run dir's data changed after stage 1: rerun its stage 1")
-        unknown = {r["label"] for r in mine} - set(labels)
-        if unknown:
-            raise ValueError(f"{tsv}: labels {sorted(unknown)} are not the teacher's {labels}")
-        v = weights(np.array([float(r["weight"]) for r in mine]), logits,
-                    np.array([labels.index(r["label"]) for r in mine]))
+        y = mine["label"].map(labels.index).to_numpy()
+        v = weights(mine["weight"].to_numpy(), logits, y)
         w = v["w"]
-        out.append({"genre": genre, "n": len(mine), "teacher_accuracy": float((logits.argmax(1) == np.array(
-                        [labels.index(r["label"]) for r in mine])).mean()),
+        out.append({"genre": genre, "n": len(mine), "teacher_accuracy": float((logits.argmax(1) == y).mean()),
                     "p_y": float(v["p_y"].mean()), "expertise": float(v["expertise"].mean()),
                     "w_mean": float(w.mean()), "w_cv": float(w.std() / w.mean()),
                     "p5": float(np.percentile(w / w.mean(), 5)), "p95": float(np.percentile(w / w.mean(), 95))})
@@ -91,7 +89,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     try:
         print(table(genre_rows(a.run_dir, a.seed)))
-    except ValueError as e:
+    except (ValueError, UserError) as e:
         print(f"error: tools/stage1_weights.py: {e}", file=sys.stderr)
         sys.exit(2)
 
