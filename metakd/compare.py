@@ -15,7 +15,8 @@ resumes from its last saved state).
 Writes into ``<run-dir>``: ``results.csv`` (one row per cell), ``results.md`` (mean +- std over
 seeds per genre and on average; the paired difference of ``--reference`` against every other
 method on the pooled test reviews with a 95% bootstrap interval), ``accuracy.png``,
-``curves.png`` and ``paired.png`` (each distilled student minus a student alone). ``--report-only`` rewrites them from the finished cells without training.
+``curves.png`` and ``paired.png`` (each distilled student minus a student alone).
+``--report-only`` rewrites them from the finished cells without training.
 """
 from __future__ import annotations
 
@@ -582,7 +583,8 @@ def paired_difference(evals: Dict[Tuple[str, str, int], dict], a: str, b: str, n
     per_seed = {int(s): float(sum(m[seeds_by_genre[g].index(s)].sum() for g, m in zip(genres_used, mats)) / n_total)
                 for s in common}
     return {"a": a, "b": b, "difference": float(estimate), "ci_low": float(ci_low), "ci_high": float(ci_high),
-            "agreement": float(sum(agree) / n_total), "n_reviews": int(n_total), "genres": genres_used, "seeds": sorted({s for v in seeds_by_genre.values() for s in v}),
+            "agreement": float(sum(agree) / n_total), "n_reviews": int(n_total), "genres": genres_used,
+            "seeds": sorted({s for v in seeds_by_genre.values() for s in v}),
             "seeds_by_genre": seeds_by_genre, "per_seed": per_seed}
 
 
@@ -718,7 +720,7 @@ def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
 def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path: Path) -> None:
     """Forest plot of against_alone: per distilled method, its paired difference against the shared student
     alone and against the same student alone (circle and square, 95% interval as a bar), each seed's
-    pooled difference as a small dot. Nothing is written when there is no pair."""
+    pooled difference as a cross. Nothing is written when there is no pair."""
     from metakd.fileio import atomic_open
 
     if not students:
@@ -730,12 +732,12 @@ def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path
                                             (own, -0.1, "s", "tab:orange", "minus the same student alone")):
             if d is None:
                 continue
-            first = label not in ax.get_legend_handles_labels()[1]
+            shown = ax.get_legend_handles_labels()[1]  # each legend entry once
             ax.errorbar(100 * d["difference"], i + dy, xerr=[[100 * (d["difference"] - d["ci_low"])],
                                                              [100 * (d["ci_high"] - d["difference"])]],
-                        fmt=marker, color=color, capsize=3, ms=5, label=label if first else None)
+                        fmt=marker, color=color, capsize=3, ms=5, label=None if label in shown else label)
             ax.plot([100 * v for v in d["per_seed"].values()], [i + dy] * len(d["per_seed"]), "x", color="black",
-                    ms=4, mew=0.8, label="one seed" if i == len(students) - 1 and dy > 0 else None)
+                    ms=4, mew=0.8, label=None if "one seed" in shown else "one seed")
     ax.axvline(0, color="0.4", lw=0.8)
     seeds = [len((shared or own)["seeds"]) for _, shared, own in reversed(students)]
     ax.set_yticks(range(len(students)), [f"{m} ({n})" for (m, _, _), n in zip(reversed(students), seeds)], fontsize=8)
