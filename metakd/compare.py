@@ -811,6 +811,38 @@ def restore_cells(source: Path, lay: Layout) -> int:
     return n
 
 
+def merge_records(run: Path, dest: Path) -> None:
+    """Publish ``run``'s wall times and commits into ``dest`` (docs/compare) without losing what
+    ``dest`` already holds from an earlier run dir (a fresh machine reruns into a new run dir and
+    takes the finished cells with ``--cells-from``, not their walls or commits).
+
+    ``walls.tsv``: ``dest``'s lines for steps the run dir never ran, then every line of the run dir
+    (a step the run dir ran again, e.g. a teacher retrained because its checkpoint was lost, is
+    reported with the run dir's time only). ``config.json``: the settings must be the same; the
+    commits are ``dest``'s, then the run dir's new ones; ``created`` is the earliest."""
+    from metakd.fileio import atomic_open, write_json
+
+    new_walls = (run / "walls.tsv").read_text(encoding="utf-8").splitlines() if (run / "walls.tsv").exists() else []
+    old_walls = (dest / "walls.tsv").read_text(encoding="utf-8").splitlines() if (dest / "walls.tsv").exists() else []
+    ran = {line.split("\t")[0] for line in new_walls}
+    merged = [line for line in old_walls if line.split("\t")[0] not in ran] + new_walls
+    cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    if (dest / "config.json").exists():
+        old = json.loads((dest / "config.json").read_text(encoding="utf-8"))
+        if old.get("settings") != cfg.get("settings"):
+            diff = sorted(k for k in set(old.get("settings", {})) | set(cfg.get("settings", {}))
+                          if old.get("settings", {}).get(k) != cfg.get("settings", {}).get(k))
+            raise UserError(f"the published cells were made with other settings ({', '.join(diff)} differ); publish "
+                            "this run dir elsewhere or rerun it with the published settings", dest / "config.json")
+        commits = list(old.get("commits", []))
+        commits += [c for c in cfg.get("commits", []) if c not in commits]
+        cfg = {**cfg, "created": min(old.get("created", cfg["created"]), cfg["created"]), "commits": commits}
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_open(dest / "walls.tsv", "w") as f:
+        f.write("".join(line + "\n" for line in merged))
+    write_json(dest / "config.json", cfg)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 

@@ -253,6 +253,39 @@ def test_other_settings_in_an_existing_run_dir_are_refused(tmp_path):
     assert p.returncode == 2 and "STAGE2_EPOCHS" in p.stderr and "other settings" in p.stderr
 
 
+def test_merge_records_keeps_what_earlier_run_dirs_published(tmp_path):
+    run, dest = tmp_path / "run", tmp_path / "docs"
+    run.mkdir(), dest.mkdir()
+    settings = {"STAGE2_EPOCHS": "3", "NPROC": "2"}
+    (dest / "walls.tsv").write_text("data/1_get_data\t3.0\nseed42/meta_teacher\t628.1\nseed42/books/metakd\t248.4\n")
+    (dest / "config.json").write_text(json.dumps({"settings": settings, "created": "2026-11-29 18:34:04",
+                                                  "commits": ["aaa", "bbb"]}))
+    # a fresh run dir: the data again, the meta-teacher retrained (its checkpoint was lost), one new cell
+    (run / "walls.tsv").write_text("data/1_get_data\t3.4\nseed42/meta_teacher\t700.0\nseed42/books/kd_mix\t180.0\n")
+    (run / "config.json").write_text(json.dumps({"settings": settings, "created": "2026-12-02 16:50:31",
+                                                 "commits": ["bbb", "ccc"]}))
+    compare.merge_records(run, dest)
+    assert (dest / "walls.tsv").read_text() == ("seed42/books/metakd\t248.4\ndata/1_get_data\t3.4\n"
+                                                "seed42/meta_teacher\t700.0\nseed42/books/kd_mix\t180.0\n")
+    cfg = json.loads((dest / "config.json").read_text())
+    assert cfg == {"settings": settings, "created": "2026-11-29 18:34:04", "commits": ["aaa", "bbb", "ccc"]}
+    compare.merge_records(run, dest)  # publishing the same run dir twice adds nothing
+    assert json.loads((dest / "config.json").read_text()) == cfg
+    assert (dest / "walls.tsv").read_text().count("\n") == 4
+
+
+def test_merge_records_refuses_other_settings_and_writes_nothing(tmp_path):
+    run, dest = tmp_path / "run", tmp_path / "docs"
+    run.mkdir(), dest.mkdir()
+    (dest / "config.json").write_text(json.dumps({"settings": {"STAGE2_EPOCHS": "3"}, "created": "x", "commits": []}))
+    (dest / "walls.tsv").write_text("a\t1.0\n")
+    (run / "config.json").write_text(json.dumps({"settings": {"STAGE2_EPOCHS": "5"}, "created": "y", "commits": []}))
+    (run / "walls.tsv").write_text("b\t2.0\n")
+    with pytest.raises(UserError, match="STAGE2_EPOCHS differ"):
+        compare.merge_records(run, dest)
+    assert (dest / "walls.tsv").read_text() == "a\t1.0\n"
+
+
 # ------------------------------------------------------------------ the whole runner
 
 
