@@ -135,11 +135,17 @@ def check_seq_length(max_seq_length: int, *configs) -> None:
                             f"{cfg.max_position_embeddings}; lower it")
 
 
+# The lowest prototype score (metakd.prototypes: a mean of two cosines). A slightly negative score is
+# real: an example far from both prototypes (5 of the 6480 Amazon training rows with the shared teacher,
+# down to -0.036); the teacher weighs its loss by it as the reference does, stage 1 by 1 + it >= 0.
+PROTOTYPE_SCORE_MIN = -1.0
+
+
 def read_standard(path: Path, proc, genre: Optional[str] = None, min_weight: Optional[float] = None) -> pd.DataFrame:
     """A standard TSV, checked, optionally filtered to one genre (which must have rows).
 
-    ``min_weight``: the smallest sample weight the caller can use (the teacher multiplies each
-    example's loss by it, stage 1 by 1 + it); a smaller one would train away from the label."""
+    ``min_weight``: the smallest sample weight the caller accepts (``PROTOTYPE_SCORE_MIN`` for a
+    prototype score: a mean of two cosines, so in [-1, 1]); a smaller one is not a score."""
     path = Path(path)
     if not path.exists():
         raise UserError("file not found; run the earlier pipeline scripts first (2_process_data.sh writes it)", path)
@@ -149,8 +155,8 @@ def read_standard(path: Path, proc, genre: Optional[str] = None, min_weight: Opt
         raise UserError(f"unknown domain {unknown[0]!r}; this task's domains are {', '.join(proc.domains)}", path)
     if min_weight is not None and len(df) and df["weight"].min() < min_weight:
         row = int((df["weight"].to_numpy() < min_weight).argmax())  # the first one
-        raise UserError(f"sample weight {df['weight'][row]!r} is below {min_weight:g}, so training would push that "
-                        "example away from its label; correct the weight column (2_process_data.sh writes it)",
+        raise UserError(f"sample weight {df['weight'][row]!r} is below {min_weight:g}, so it is not a prototype score "
+                        "(a mean of two cosines, in [-1, 1]); correct the weight column (2_process_data.sh writes it)",
                         path, line=row + 2)  # line 1 is the header; the reader refuses blank lines
     if genre is not None:
         check_genre(genre, proc)

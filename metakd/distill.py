@@ -254,7 +254,7 @@ def main(argv=None) -> int:
                         f"{teacher_info.get('domains')}, not this task's; train it on this data", a.teacher)
 
     train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=a.genre,
-                                 min_weight=-1.0 if a.stage == "first" and a.prototype_weights else None)
+                                 min_weight=cli.PROTOTYPE_SCORE_MIN if a.stage == "first" and a.prototype_weights else None)
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=a.genre)
     claim_output(a.out, inputs=[a.teacher, a.student, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     if genre is not None:
         cli.check_genre(genre, proc)
     train_df = cli.read_standard(a.data_dir / cli.TRAIN_FILE, proc, genre=genre,
-                                 min_weight=0.0 if a.use_sample_weights else None)
+                                 min_weight=cli.PROTOTYPE_SCORE_MIN if a.use_sample_weights else None)
     dev_df = cli.read_standard(a.data_dir / cli.DEV_FILE, proc, genre=genre)
     claim_output(a.out, inputs=[a.model, a.data_dir])  # a second run into the same folder stops here, before any work
     seed_everything(a.seed)

@@ -50,7 +50,7 @@ class World:
         train = self.negative / "train_with_weights.tsv"
         lines = train.read_text().split("\n")
         fields = lines[3].split("\t")
-        fields[5] = "-0.25"
+        fields[5] = "-1.25"  # below every prototype score; -0.036 is real (test_cli)
         lines[3] = "\t".join(fields)
         train.write_text("\n".join(lines))
 
@@ -127,8 +127,8 @@ CASES = [
      "--teacher-cache-gb must be in [0, 1e6]"),
     ("teacher cache 1e300 (OverflowError)", "metakd.distill", lambda w: w.distill_args("--teacher-cache-gb", "1e300"),
      "--teacher-cache-gb must be in [0, 1e6]"),
-    ("negative sample weight", "metakd.train_teacher", lambda w: w.teacher_args(data=w.negative),
-     "train_with_weights.tsv:4: sample weight -0.25 is below 0"),
+    ("sample weight below -1", "metakd.train_teacher", lambda w: w.teacher_args(data=w.negative),
+     "train_with_weights.tsv:4: sample weight -1.25 is below -1"),
     ("eval batch 0", "metakd.evaluate", lambda w: w.eval_args("--batch-size", "0"), "--batch-size must be >= 1"),
     ("NPROC=1.5", "3_train_teacher.sh", {"NPROC": "1.5"}, "NPROC=1.5; it must be a whole number >= 1"),
     ("NNODES=x", "4_student_first.sh", {"NNODES": "x"}, "NNODES=x; it must be a whole number >= 1"),

@@ -40,8 +40,8 @@ def test_every_error_site_is_read():
 
 def test_printed_lines_are_covered():
     for line in [
-        "error: /d/train_with_weights.tsv:4: sample weight -0.25 is below 0, so training would push that example away "
-        "from its label; correct the weight column (2_process_data.sh writes it)",
+        "error: /d/train_with_weights.tsv:4: sample weight -1.25 is below -1, so it is not a prototype score (a mean of "
+        "two cosines, in [-1, 1]); correct the weight column (2_process_data.sh writes it)",
         "error: 3_train_teacher.sh: NPROC=1.5; it must be a whole number >= 1",
         "error: 6_eval.sh: argument --split: invalid choice: 'train' (choose from 'test', 'dev'); check SPLIT (bash "
         "6_eval.sh --help lists the variables)",

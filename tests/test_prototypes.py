@@ -169,3 +169,25 @@ def test_mean_embeddings_one_token_input_is_zero():
     with flow.no_grad():
         last = model(flow.tensor(ids), flow.tensor(mask), flow.zeros_like(flow.tensor(ids))).last_hidden_state.numpy()
     np.testing.assert_allclose(got[1], last[1, 1], atol=2e-5)
+
+
+def test_a_score_can_be_negative_and_the_teacher_reads_it(tmp_path):
+    """An example pointing away from both prototypes gets a negative score (real data has some: the
+    shared teacher gives 5 of the 6480 Amazon training rows down to -0.036); the teacher's and stage 1's
+    reader accept it (weight >= -1), as the reference uses the score as is."""
+    from metakd import cli
+
+    emb = np.array([[1.0, 0.0], [1.0, 0.2], [-1.0, 0.1],   # domain 0: the third points away
+                    [1.0, 1.0], [1.0, 0.8]])               # domain 1
+    dom = np.array([0, 0, 0, 1, 1])
+    c0, c1 = emb[:3].mean(axis=0), emb[3:].mean(axis=0)
+    e = emb[2]
+    want = (e @ c0 / np.linalg.norm(e) / np.linalg.norm(c0) + e @ c1 / np.linalg.norm(e) / np.linalg.norm(c1)) / 2
+    got = prototype_scores(emb, dom, 2)[2]
+    assert got == pytest.approx(want, abs=1e-12) and got < 0
+    proc = cli.processor("senti")
+    path = tmp_path / "train_with_weights.tsv"
+    path.write_text("guid\ttext_a\ttext_b\tlabel\tdomain\tweight\n"
+                    f"a\tgood\t\tpositive\tbooks\t{got!r}\nb\tbad\t\tnegative\tdvd\t0.3\n")
+    df = cli.read_standard(path, proc, min_weight=cli.PROTOTYPE_SCORE_MIN)
+    assert df["weight"].tolist() == [got, 0.3]
