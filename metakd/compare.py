@@ -321,6 +321,12 @@ def code_commit() -> str:
     return head + ("+changes" if head and dirty else "")
 
 
+def settings_diff(a: dict, b: dict) -> List[str]:
+    """The sorted names of the settings two ``config.json`` records disagree on."""
+    sa, sb = a.get("settings", {}), b.get("settings", {})
+    return sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))
+
+
 def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
     """The result-changing variables of this run dir; a rerun with other values is refused."""
     settings = {k: env[k] for k in SETTINGS if k in env}
@@ -328,8 +334,7 @@ def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("settings") != settings:
-            diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
-                          if saved.get("settings", {}).get(k) != settings.get(k))
+            diff = settings_diff(saved, {"settings": settings})
             raise UserError(f"this run dir was made with other settings ({', '.join(diff)} differ: "
                             f"{[(k, saved.get('settings', {}).get(k), settings.get(k)) for k in diff]}); rerun with the "
                             "recorded ones (config.json) or choose another --run-dir", lay.run)
@@ -830,10 +835,9 @@ def merge_records(run: Path, dest: Path) -> None:
     if (dest / "config.json").exists():
         old = json.loads((dest / "config.json").read_text(encoding="utf-8"))
         if old.get("settings") != cfg.get("settings"):
-            diff = sorted(k for k in set(old.get("settings", {})) | set(cfg.get("settings", {}))
-                          if old.get("settings", {}).get(k) != cfg.get("settings", {}).get(k))
-            raise UserError(f"the published cells were made with other settings ({', '.join(diff)} differ); publish "
-                            "this run dir elsewhere or rerun it with the published settings", dest / "config.json")
+            raise UserError(f"the published cells were made with other settings ({', '.join(settings_diff(old, cfg))} "
+                            "differ); publish this run dir elsewhere or rerun it with the published settings",
+                            dest / "config.json")
         commits = list(old.get("commits", []))
         commits += [c for c in cfg.get("commits", []) if c not in commits]
         cfg = {**cfg, "created": min(old.get("created", cfg["created"]), cfg["created"]), "commits": commits}

@@ -50,7 +50,7 @@ class World:
         train = self.negative / "train_with_weights.tsv"
         lines = train.read_text().split("\n")
         fields = lines[3].split("\t")
-        fields[5] = "-1.25"  # below every prototype score; -0.036 is real (test_cli)
+        fields[5] = "-1.25"  # below every prototype score; -0.036 is real (test_prototypes)
         lines[3] = "\t".join(fields)
         train.write_text("\n".join(lines))
 
