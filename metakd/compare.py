@@ -16,7 +16,8 @@ Writes into ``<run-dir>``: ``results.csv`` (one row per cell), ``results.md`` (m
 seeds per genre and on average; the paired difference of ``--reference`` against every other
 method on the pooled test reviews with a 95% bootstrap interval), ``accuracy.png``,
 ``curves.png`` and ``paired.png`` (each distilled student minus a student alone).
-``--report-only`` rewrites them from the finished cells without training.
+``--report-only`` rewrites them from the finished cells without training; ``--publish DIR`` copies the
+finished cells' evaluations into ``DIR/cells`` and writes the same report into ``DIR`` from them alone.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ SETTINGS = ["SOURCE", "SYNTHETIC_SIZE", "TEACHER_MODEL", "STUDENT_MODEL", "TEACH
             "BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_EVERY", "DEVICE", "CPU_KERNELS", "NPROC", "NNODES", "METAKD_CPU_MATMUL",
             "METAKD_NATIVE_LAYERNORM"]
 SCRIPT_DEFAULTS = {"TEACHER_MODEL": "models/bert-base-uncased",  # as in the scripts, relative to ROOT
-                   "STAGE1_EPOCHS": "10", "STAGE2_EPOCHS": "10"}
+                   "TEACHER_EPOCHS": "1", "STAGE1_EPOCHS": "10", "STAGE2_EPOCHS": "10"}
 # Set by the runner per cell: the environment must not set them (they would be silently overridden).
 PER_CELL = ["DATA_DIR", "OUT_DIR", "GENRE", "SEED", "COMPAT", "TEACHER_DIR", "TEACHER_GENRE", "USE_SAMPLE_WEIGHTS",
             "USE_DOMAIN_LOSS", "STAGE1_DIR", "STUDENT_DIR", "PLAIN_KD", "USE_PROTOTYPE_WEIGHTS",
@@ -188,6 +189,9 @@ def build_parser():
                    help="a folder of finished cells' evaluations (seed*/<genre>/eval/<method>.json, as "
                         "tools/publish_compare.sh keeps them in docs/compare/cells): those not yet in --run-dir are "
                         "copied in first and count as done, so a lost run dir is not recomputed")
+    p.add_argument("--publish", type=Path, default=None, metavar="DIR",
+                   help="copy --run-dir's finished cells, wall times and commits into DIR (e.g. docs/compare) and "
+                        "write the report there from the published cells alone; nothing is trained")
     p.add_argument("--dry-run", action="store_true", help="print the steps that would run, run none")
     p.add_argument("--task", default="senti", choices=["senti"])
     return p
@@ -321,9 +325,16 @@ def code_commit() -> str:
     return head + ("+changes" if head and dirty else "")
 
 
+def portable(settings: Dict[str, str]) -> Dict[str, str]:
+    """Settings as published: an absolute path (SOURCE, TEACHER_MODEL, ...) made relative to the checkout
+    (``../shared/...``), so that docs hold no path of the machine that ran them and a checkout beside the
+    same folders compares equal."""
+    return {k: os.path.relpath(v, ROOT) if os.path.isabs(v) else v for k, v in settings.items()}
+
+
 def settings_diff(a: dict, b: dict) -> List[str]:
-    """The sorted names of the settings two ``config.json`` records disagree on."""
-    sa, sb = a.get("settings", {}), b.get("settings", {})
+    """The sorted names of the settings two ``config.json`` records disagree on (paths compared portably)."""
+    sa, sb = portable(a.get("settings", {})), portable(b.get("settings", {}))
     return sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))
 
 
@@ -624,17 +635,42 @@ def against_alone(df, evals, n_boot: int, done: Optional[Dict[Tuple[str, str], O
     return out
 
 
-def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = False) -> Optional[Path]:
+def budget_of(settings: Dict[str, str]) -> str:
+    """The distillation budget of a run dir's settings, as every table and figure names it: '1/10/10'."""
+    return "/".join(resolve(f"${k}", settings) for k in ("TEACHER_EPOCHS", "STAGE1_EPOCHS", "STAGE2_EPOCHS"))
+
+
+def provenance(cfg: dict, evals: Dict[Tuple[str, str, int], dict]) -> str:
+    """One line for a table or figure: its budget and the commits its cells ran at (the cells' own
+    records, else the run dir's)."""
+    commits = list(dict.fromkeys(ev["commit"] for ev in evals.values() if ev.get("commit")))
+    commits = commits or [c.split()[0] for c in cfg.get("commits", [])]
+    b = budget_of(cfg.get("settings", {}))
+    s1, s2 = b.split("/")[1:]
+    alone = f"{int(s1) + int(s2)}" if (s1 + s2).isdigit() else f"{s1}+{s2}"
+    return (f"epochs {b} (teacher / stage 1 / stage 2; the student alone {alone}); "
+            f"commits {', '.join(commits) or 'not recorded'}")
+
+
+def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = False,
+                 out: Optional[Path] = None) -> Optional[Path]:
+    """results.csv, results.md, paired.json and the three plots of ``lay``'s finished cells, into ``out``
+    (the run dir unless given; its config.json, else the run dir's, gives the budget each names)."""
     from metakd.fileio import atomic_open
 
+    out = lay.run if out is None else out
     df, evals = collect(lay, proc)
     if not len(df):
         print("no finished cells yet: nothing to report")
         return None
+    cfg_path = out / "config.json" if (out / "config.json").exists() else lay.run / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+    note = provenance(cfg, evals)
     genres = [g for g in proc.domains if g in set(df.genre)]
-    with atomic_open(lay.run / "results.csv", "w") as f:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "results.csv", "w") as f:
         df.to_csv(f, index=False)
-    lines = ["# Comparison", "",
+    lines = ["# Comparison", "", f"Budget: {note}.", "",
              f"Test accuracy (%), mean ± std over seeds (number of seeds); average = the mean over the "
              f"{len(genres)} genres per seed, then over seeds. Selection by dev only.", "",
              "| method | " + " | ".join(genres) + " | average |", "|---|" + "---|" * (len(genres) + 1)]
@@ -672,18 +708,28 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
                                                       f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"])
             seeds = (shared or own)["seeds"]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds))} |")
-    with atomic_open(lay.run / "results.md", "w") as f:
+    with atomic_open(out / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     from metakd.fileio import write_json
-    write_json(lay.run / "paired.json", [d for d in done.values() if d is not None])  # the reference's first
-    plot_accuracy(df, genres, lay.run / "accuracy.png")
-    plot_curves(df, evals, lay.run / "curves.png")
-    plot_paired(students, lay.run / "paired.png")
+    write_json(out / "paired.json", [d for d in done.values() if d is not None])  # the reference's first
+    plot_accuracy(df, genres, out / "accuracy.png", note)
+    plot_curves(df, evals, out / "curves.png", note)
+    plot_paired(students, out / "paired.png", note)
     if quiet:
-        return lay.run / "results.md"
+        return out / "results.md"
     print("\n".join(lines))
-    print(f"wrote {lay.run / 'results.csv'}, results.md, paired.json, accuracy.png, curves.png, paired.png")
-    return lay.run / "results.md"
+    print(f"wrote {out / 'results.csv'}, results.md, paired.json, accuracy.png, curves.png, paired.png")
+    return out / "results.md"
+
+
+def _save(fig, path: Path, note: str, dpi: int) -> None:
+    """Every figure names its budget and commits (``note``, bottom left) and is written whole or not at all."""
+    from metakd.fileio import atomic_open
+
+    if note:
+        fig.text(0.005, 0.003, note, fontsize=6, color="0.35", ha="left", va="bottom")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 def _pyplot():
@@ -695,10 +741,8 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
+def plot_accuracy(df, genres: Sequence[str], path: Path, note: str = "") -> None:
     """Test accuracy per genre (and average) and method: bars of the mean, error bars of the std."""
-    from metakd.fileio import atomic_open
-
     plt = _pyplot()
     rows = summary_table(df, genres)
     groups = list(genres) + ["average"]
@@ -717,17 +761,14 @@ def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.set_title("Test accuracy, mean ± std over seeds")
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+    _save(fig, path, note, 110)
     plt.close(fig)
 
 
-def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path: Path) -> None:
+def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path: Path, note: str = "") -> None:
     """Forest plot of against_alone: per distilled method, its paired difference against the shared student
     alone and against the same student alone (circle and square, 95% interval as a bar), each seed's
     pooled difference as a cross. Nothing is written when there is no pair."""
-    from metakd.fileio import atomic_open
-
     if not students:
         return
     plt = _pyplot()
@@ -751,16 +792,13 @@ def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     ax.set_title("Each distilled student minus a student fine-tuned alone")
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+    _save(fig, path, note, 110)
     plt.close(fig)
 
 
-def plot_curves(df, evals: dict, path: Path) -> None:
+def plot_curves(df, evals: dict, path: Path, note: str = "") -> None:
     """From each student cell's curve (cell_summary): training loss and dev accuracy against epochs, a line per
     seed (the teachers are left out: their history is dev accuracy over every genre)."""
-    from metakd.fileio import atomic_open
-
     plt = _pyplot()
     df = df[[METHODS[m].kind != "teacher" for m in df.method]]
     if not len(df):
@@ -793,8 +831,7 @@ def plot_curves(df, evals: dict, path: Path) -> None:
     if handles:
         fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 5))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    _save(fig, path, note, 100)
     plt.close(fig)
 
 
@@ -834,17 +871,50 @@ def merge_records(run: Path, dest: Path) -> None:
     cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
     if (dest / "config.json").exists():
         old = json.loads((dest / "config.json").read_text(encoding="utf-8"))
-        if old.get("settings") != cfg.get("settings"):
+        if settings_diff(old, cfg):
             raise UserError(f"the published cells were made with other settings ({', '.join(settings_diff(old, cfg))} "
                             "differ); publish this run dir elsewhere or rerun it with the published settings",
                             dest / "config.json")
         commits = list(old.get("commits", []))
         commits += [c for c in cfg.get("commits", []) if c not in commits]
         cfg = {**cfg, "created": min(old.get("created", cfg["created"]), cfg["created"]), "commits": commits}
+    cfg["settings"] = portable(cfg.get("settings", {}))
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_open(dest / "walls.tsv", "w") as f:
         f.write("".join(line + "\n" for line in merged))
     write_json(dest / "config.json", cfg)
+
+
+def run_relative(folder: str, run: Path) -> str:
+    """A cell's model folder as published: relative to its run dir (``seed42/books/metakd``)."""
+    f = Path(folder)
+    if f.is_absolute():
+        if f.is_relative_to(run):
+            return str(f.relative_to(run))
+        parts = f.parts  # a run dir of another machine: from its seed folder on
+        seeds = [i for i, p in enumerate(parts) if p.startswith("seed") and p[4:].isdigit()]
+        if seeds:
+            return str(Path(*parts[seeds[-1]:]))
+    return folder
+
+
+def publish(run: Path, dest: Path, proc, reference: str, n_boot: int) -> None:
+    """Copy ``run``'s finished cells' evaluations into ``dest/cells`` (model folders made relative), merge its
+    wall times and commits into ``dest`` (merge_records), then write the report into ``dest`` from the
+    published cells alone: what docs/ holds is reproducible from docs/, the models being gone."""
+    from metakd.fileio import write_json
+
+    merge_records(run, dest)
+    for path in sorted(run.glob("seed*/*/eval/*.json")):
+        if path.stem not in METHODS:
+            continue
+        ev = json.loads(path.read_text(encoding="utf-8"))
+        if "folder" in ev:
+            ev["folder"] = run_relative(ev["folder"], run)
+        target = dest / "cells" / path.relative_to(run)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, ev)
+    write_report(Layout(dest / "cells"), proc, reference, n_boot, quiet=True, out=dest)
 
 
 def _interrupt(signum, frame):
@@ -880,6 +950,12 @@ def main(argv=None) -> int:
         restored = restore_cells(a.cells_from, lay)
         if restored:
             print(f"{restored} finished cells taken from {a.cells_from}")
+    if a.publish is not None:
+        if not (lay.run / "config.json").is_file():
+            raise UserError("no config.json: not a comparison run dir; run the comparison first", lay.run)
+        publish(lay.run, a.publish.resolve(), proc, a.reference, a.bootstrap)
+        print(f"published {lay.run} into {a.publish}")
+        return 0
     if a.report_only:
         if not lay.run.is_dir():
             raise UserError("no such run dir; run the comparison first", lay.run)
@@ -922,6 +998,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             ev = evaluate_cell(chain[-1].out, genre, Path(chain[-1].env["DATA_DIR"]), proc, device)
             _own_signals()
+            ev["folder"] = run_relative(ev["folder"], lay.run)
             ev.update(method=m.name, genre=genre, seed=seed, eval_seconds=round(time.perf_counter() - t0, 2),
                       commit=code_commit(), **cell_summary(m, genre, seed, lay, read_walls(lay)))
             write_json(ev_path, ev)
