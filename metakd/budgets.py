@@ -45,6 +45,28 @@ def _ci(d: Optional[dict]) -> Tuple[str, str]:
     return f"{100 * d['difference']:+.2f}", f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
 
 
+def reproduced(first: Dict[Tuple[str, str, int], dict], last: Dict[Tuple[str, str, int], dict],
+               methods: List[str]) -> List[str]:
+    """For models the budget does not touch (the teachers): whether both comparisons trained the same model,
+    by its dev accuracy at every evaluation and its test predictions, per seed."""
+    out = []
+    for m in methods:
+        same, differ = [], []
+        for seed in sorted({s for (mm, _, s) in first if mm == m}):
+            keys = [k for k in first if k[0] == m and k[2] == seed and k in last]
+            if not keys:
+                continue
+            ok = all(first[k].get("curve", {}).get("dev") == last[k].get("curve", {}).get("dev")
+                     and first[k]["test_predictions"] == last[k]["test_predictions"] for k in keys)
+            (same if ok else differ).append(str(seed))
+        if same:
+            out.append(f"{m}: the same dev accuracy at every evaluation and the same test predictions at both budgets "
+                       f"(seeds {', '.join(same)}): reproduced")
+        if differ:
+            out.append(f"{m}: NOT reproduced at seeds {', '.join(differ)} (other dev curve or test predictions)")
+    return out
+
+
 def budget_table(folders: List[Path], proc, n_boot: int) -> Tuple[List[str], List[dict], List[dict]]:
     """Markdown lines, the rows (per method and budget) and every paired difference (JSON-ready)."""
     loaded = [load(f, proc) for f in folders]
@@ -86,6 +108,7 @@ def budget_table(folders: List[Path], proc, n_boot: int) -> Tuple[List[str], Lis
         cells += list(_ci(row["budget_effect"]))
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"{b}: {provenance(cfg, evals)}" for b, cfg, _, evals in loaded]
+    notes += reproduced(loaded[0][3], loaded[-1][3], [m for m in methods if METHODS[m].kind == "teacher"])
     lines = [f"Test accuracy (%): the mean ± std over seeds (their number) of the {len(genres)}-genre average. "
              "Differences in accuracy points on the pooled test reviews, paired by genre and seed, with a 95% "
              "two-level bootstrap interval (seeds, then reviews). Each distilled method is paired with the student "

@@ -123,6 +123,17 @@ def test_budget_table_against_the_differences_written_out(tmp_path):
     assert "1/3/3: epochs 1/3/3" in table and "1/10/10: epochs 1/10/10" in table
 
 
+def test_reproduced_compares_dev_curves_and_predictions():
+    ev = {"curve": {"dev": [[100, 0.8], [200, 0.85]]}, "test_predictions": "0110"}
+    first = {("teacher_meta", g, s): ev for g in GENRES for s in (42, 43)}
+    last = dict(first)
+    last[("teacher_meta", "dvd", 43)] = {**ev, "curve": {"dev": [[100, 0.8], [200, 0.84]]}}
+    notes = budgets.reproduced(first, last, ["teacher_meta"])
+    assert notes == ["teacher_meta: the same dev accuracy at every evaluation and the same test predictions at both "
+                     "budgets (seeds 42): reproduced",
+                     "teacher_meta: NOT reproduced at seeds 43 (other dev curve or test predictions)"]
+
+
 def test_budget_table_refuses_two_comparisons_at_one_budget(tmp_path):
     _comparison(tmp_path / "a", 3, lambda m, g, s, y: y)
     _comparison(tmp_path / "b", 3, lambda m, g, s, y: y)
