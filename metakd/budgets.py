@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from metakd import cli
-from metakd.compare import (METHODS, Layout, alone_of, budget_of, collect, fmt, paired_difference, provenance,
+from metakd.compare import (METHODS, RECIPE_METHODS, Layout, alone_of, budget_of, collect, fmt, paired_difference, provenance,
                             summary_table)
 from metakd.errors import UserError, cli_main
 
@@ -64,6 +64,23 @@ def reproduced(first: Dict[Tuple[str, str, int], dict], last: Dict[Tuple[str, st
                        f"(seeds {', '.join(same)}): reproduced")
         if differ:
             out.append(f"{m}: NOT reproduced at seeds {', '.join(differ)} (other dev curve or test predictions)")
+    return out
+
+
+def recipe_choice(loaded, genres: List[str]) -> List[str]:
+    """Which RECIPE dev accuracy would choose at each budget (the 4-genre average over seeds of the recipes'
+    methods; test accuracy plays no part)."""
+    out = []
+    for b, _, df, _ in loaded:
+        dev = {}
+        for name, m in RECIPE_METHODS.items():
+            rows = {r["method"]: r for r in summary_table(df[df.genre.isin(genres)], genres, "dev_accuracy")}
+            if m in rows and rows[m]["average"][2]:
+                dev[name] = rows[m]["average"]
+        if len(dev) > 1:
+            best = max(dev, key=lambda k: dev[k][0])
+            out.append(f"{b}: dev accuracy " + ", ".join(f"RECIPE={k} {fmt(v)}" for k, v in dev.items())
+                       + f": dev chooses RECIPE={best}")
     return out
 
 
@@ -109,6 +126,7 @@ def budget_table(folders: List[Path], proc, n_boot: int) -> Tuple[List[str], Lis
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"{b}: {provenance(cfg, evals)}" for b, cfg, _, evals in loaded]
     notes += reproduced(loaded[0][3], loaded[-1][3], [m for m in methods if METHODS[m].kind == "teacher"])
+    notes += recipe_choice(loaded, genres)
     lines = [f"Test accuracy (%): the mean ± std over seeds (their number) of the {len(genres)}-genre average. "
              "Differences in accuracy points on the pooled test reviews, paired by genre and seed, with a 95% "
              "two-level bootstrap interval (seeds, then reviews). Each distilled method is paired with the student "

@@ -134,6 +134,17 @@ def test_reproduced_compares_dev_curves_and_predictions():
                      "teacher_meta: NOT reproduced at seeds 43 (other dev curve or test predictions)"]
 
 
+def test_recipe_choice_is_made_on_dev(tmp_path):
+    import pandas as pd
+
+    rows = [{"method": m, "genre": g, "seed": s, "dev_accuracy": dev, "test_accuracy": test}
+            for m, dev, test in (("metakd", 0.80, 0.90), ("metakd_teacher_layers", 0.82, 0.70))
+            for g in GENRES for s in (1, 2)]
+    notes = budgets.recipe_choice([("1/3/3", {}, pd.DataFrame(rows), {})], list(GENRES))
+    assert notes == ["1/3/3: dev accuracy RECIPE=paper 80.00 ± 0.00 (2), RECIPE=teacher_layers 82.00 ± 0.00 (2): "
+                     "dev chooses RECIPE=teacher_layers"]  # test accuracy says the opposite: not read
+
+
 def test_budget_table_refuses_two_comparisons_at_one_budget(tmp_path):
     _comparison(tmp_path / "a", 3, lambda m, g, s, y: y)
     _comparison(tmp_path / "b", 3, lambda m, g, s, y: y)
