@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.features import Encoded, encode
 
 TRAIN_FILE = "train_with_weights.tsv"

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -343,10 +344,10 @@ def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
             print(f"note: this run dir has cells from commits {', '.join(saved.get('commits', [])) or '(not recorded)'}; "
                   f"now {commit}")
             saved["commits"] = saved.get("commits", []) + [commit]
-            from metakd.fileio import write_json
+            from metakd.infra.fileio import write_json
             write_json(path, saved)
         return saved
-    from metakd.fileio import write_json
+    from metakd.infra.fileio import write_json
 
     cfg = {"settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "commits": [c for c in [code_commit()] if c]}
     lay.run.mkdir(parents=True, exist_ok=True)
@@ -498,7 +499,7 @@ def collect(lay: Layout, proc) -> Tuple["pd.DataFrame", Dict[Tuple[str, str, int
                     continue
                 ev = json.loads(path.read_text(encoding="utf-8"))
                 if "curve" not in ev:  # written by an earlier runner: completed once from the run dir
-                    from metakd.fileio import write_json
+                    from metakd.infra.fileio import write_json
 
                     ev.update(cell_summary(METHODS[name], genre, seed, lay, walls))
                     write_json(path, ev)
@@ -625,7 +626,7 @@ def against_alone(df, evals, n_boot: int, done: Optional[Dict[Tuple[str, str], O
 
 
 def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = False) -> Optional[Path]:
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     df, evals = collect(lay, proc)
     if not len(df):
@@ -674,7 +675,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds))} |")
     with atomic_open(lay.run / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    from metakd.fileio import write_json
+    from metakd.infra.fileio import write_json
     write_json(lay.run / "paired.json", [d for d in done.values() if d is not None])  # the reference's first
     plot_accuracy(df, genres, lay.run / "accuracy.png")
     plot_curves(df, evals, lay.run / "curves.png")
@@ -697,7 +698,7 @@ def _pyplot():
 
 def plot_accuracy(df, genres: Sequence[str], path: Path) -> None:
     """Test accuracy per genre (and average) and method: bars of the mean, error bars of the std."""
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     plt = _pyplot()
     rows = summary_table(df, genres)
@@ -726,7 +727,7 @@ def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path
     """Forest plot of against_alone: per distilled method, its paired difference against the shared student
     alone and against the same student alone (circle and square, 95% interval as a bar), each seed's
     pooled difference as a cross. Nothing is written when there is no pair."""
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     if not students:
         return
@@ -759,7 +760,7 @@ def plot_paired(students: List[Tuple[str, Optional[dict], Optional[dict]]], path
 def plot_curves(df, evals: dict, path: Path) -> None:
     """From each student cell's curve (cell_summary): training loss and dev accuracy against epochs, a line per
     seed (the teachers are left out: their history is dev accuracy over every genre)."""
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     plt = _pyplot()
     df = df[[METHODS[m].kind != "teacher" for m in df.method]]
@@ -825,7 +826,7 @@ def merge_records(run: Path, dest: Path) -> None:
     (a step the run dir ran again, e.g. a teacher retrained because its checkpoint was lost, is
     reported with the run dir's time only). ``config.json``: the settings must be the same; the
     commits are ``dest``'s, then the run dir's new ones; ``created`` is the earliest."""
-    from metakd.fileio import atomic_open, write_json
+    from metakd.infra.fileio import atomic_open, write_json
 
     new_walls = (run / "walls.tsv").read_text(encoding="utf-8").splitlines() if (run / "walls.tsv").exists() else []
     old_walls = (dest / "walls.tsv").read_text(encoding="utf-8").splitlines() if (dest / "walls.tsv").exists() else []
@@ -914,7 +915,7 @@ def main(argv=None) -> int:
                 runner.run(step, f"{what}: {step.out.name}")
             if a.dry_run:
                 continue
-            from metakd.fileio import write_json
+            from metakd.infra.fileio import write_json
             from metakd.runtime import resolve_device
 
             device = device or resolve_device(env.get("DEVICE", "auto"))

@@ -26,8 +26,8 @@ from typing import Optional, Union
 
 from tqdm import tqdm
 
-from metakd.errors import UserError
-from metakd.fileio import atomic_dir
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_dir
 
 PathLike = Union[str, os.PathLike]
 

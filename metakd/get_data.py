@@ -33,8 +33,9 @@ import pandas as pd
 
 from metakd import download
 from metakd.data import mnli, senti, synthetic, table, tasks
-from metakd.errors import UserError, cli_main
-from metakd.fileio import atomic_dir, atomic_files, write_json
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_dir, atomic_files, write_json
 
 PathLike = Union[str, os.PathLike]
 
@@ -378,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.synthetic_size < 1:
         raise UserError("--synthetic-size must be at least 1")
     check_task_options(args)
-    from metakd.fileio import check_writable  # every output folder, before a download or a model is made
+    from metakd.infra.fileio import check_writable  # every output folder, before a download or a model is made
 
     writes_splits = not (args.source is None and args.fetch_model and args.task != "tsv")
     for folder, used in ((args.out, writes_splits), (args.cache_dir, True),

@@ -22,7 +22,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 TEXT_COLUMNS = ("text", "text_a", "review", "sentence", "sentence1")
 
@@ -98,7 +99,7 @@ def read_texts(source: str, text_column: Optional[str] = None,
 
 
 def write_predictions(out: str, fmt: str, labels: List[str], probs: np.ndarray) -> None:
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     pred = probs.argmax(axis=1)
     lines = []

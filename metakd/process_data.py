@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
-from metakd.fileio import atomic_files, atomic_open, write_json
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_files, atomic_open, write_json
 
 
 def build_parser():

@@ -15,7 +15,7 @@ import pytest
 
 from _http import LocalServer
 from metakd import download
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 
 def make_tar_gz(files: dict) -> bytes:

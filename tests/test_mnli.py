@@ -12,7 +12,7 @@ import pytest
 
 from _mnli import GENRES, LABELS, write_mnli, zip_mnli
 from metakd.data import mnli, tasks
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from test_get_data import FileServer, check_one_line_error, run_cli
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from metakd.data import synthetic, table, tasks
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from test_get_data import check_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from metakd.data.senti import (
     read_split_tsv,
     read_standard_tsv,
 )
-from metakd.errors import UserError, one_line
+from metakd.infra.errors import UserError, one_line
 
 SETTINGS = dict(deadline=None, max_examples=int(os.environ.get("METAKD_FUZZ_EXAMPLES", "120")),
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from metakd.data import senti
 from metakd.data.synthetic import make_synthetic_reviews
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_multidomain" / "sorted_data_acl"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real SENTI data not found at {REAL} "

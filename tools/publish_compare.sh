@@ -9,7 +9,7 @@ RUN_DIR="${1:-out/compare_real}"
 PY="${METAKD_PYTHON:-.venv/bin/python}"
 [ -f "$RUN_DIR/config.json" ] || { echo "error: $RUN_DIR: no config.json; run tools/compare_real.sh first" >&2; exit 2; }
 # wall times and commits: merged with what docs/compare holds from earlier run dirs (checked first: same settings)
-"$PY" -c 'import sys; from pathlib import Path; from metakd.errors import cli_main; from metakd.compare import merge_records
+"$PY" -c 'import sys; from pathlib import Path; from metakd.infra.entry import cli_main; from metakd.compare import merge_records
 cli_main(lambda: merge_records(Path(sys.argv[1]), Path("docs/compare")))()' "$RUN_DIR"
 for f in results.csv results.md paired.json accuracy.png curves.png paired.png; do
   [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "docs/compare/$f"

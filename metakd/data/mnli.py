@@ -30,7 +30,7 @@ import pandas as pd
 
 from metakd.data import senti
 from metakd.data.tasks import PAIR_SPLIT_COLUMNS, stratified_take, strata_of, take_portion
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

@@ -24,8 +24,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
-from metakd.errors import UserError
-from metakd.fileio import atomic_open
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_open
 
 PathLike = Union[str, os.PathLike]
 

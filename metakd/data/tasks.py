@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from metakd.data import senti
-from metakd.errors import UserError
-from metakd.fileio import read_json_object
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import read_json_object
 
 PathLike = Union[str, os.PathLike]
 
