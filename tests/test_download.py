@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from _http import LocalServer
-from metakd import download
+from metakd.data import download
 from metakd.infra.errors import UserError
 
 

@@ -19,15 +19,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from metakd.data.tsv import STANDARD_COLUMNS, read_standard_tsv
 from metakd.data.senti import (
     SENTI_DOMAINS,
     SENTI_LABELS,
     SPLIT_COLUMNS,
-    STANDARD_COLUMNS,
     load_sorted_data_acl,
     parse_review_file,
     read_split_tsv,
-    read_standard_tsv,
 )
 from metakd.infra.errors import UserError, one_line
 

@@ -24,7 +24,7 @@ from typing import Dict, List
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from metakd.data.senti import read_standard_tsv  # noqa: E402  (the reader stage 1 uses: same rows, same order)
+from metakd.data.tsv import read_standard_tsv  # noqa: E402  (the reader stage 1 uses: same rows, same order)
 from metakd.infra.errors import UserError  # noqa: E402
 
 

@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import hashlib
 import json
 import os
 import re
@@ -170,6 +171,23 @@ def read_json_object(path: PathLike, missing: str = "file not found",
     if not isinstance(d, dict):
         raise UserError(expected, path)
     return d
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_file(src: PathLike, dest: PathLike) -> Path:
+    """Copy one file to ``dest`` atomically (:func:`atomic_open`): ``dest`` is the old file or the whole copy."""
+    dest = Path(dest)
+    with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return dest
 
 
 def write_json(path: PathLike, obj: Any) -> None:
