@@ -124,7 +124,7 @@ def bert_params(c) -> int:
 
 def model_specs(pair: str, teacher: Path, student: Path):
     from metakd.checkpoint import read_config
-    from metakd.errors import UserError
+    from metakd.infra.errors import UserError
     from metakd.bert import BertConfig
 
     if pair == "shared":
@@ -670,7 +670,7 @@ def print_results(results: List[dict]) -> None:
 
 
 def _main(argv=None) -> int:
-    from metakd.errors import UserError
+    from metakd.infra.errors import UserError
 
     a = build_parser().parse_args(argv)  # (applies --cpu-kernels)
     if a.native_layernorm:
@@ -685,7 +685,7 @@ def _main(argv=None) -> int:
         if out and Path(out).is_dir():
             raise UserError("is a folder; give a file name for the results", out)
         if out:
-            from metakd.fileio import check_writable
+            from metakd.infra.fileio import check_writable
 
             check_writable(out)
     a.teacher, a.student = a.teacher.resolve(), a.student.resolve()
@@ -702,7 +702,7 @@ def _main(argv=None) -> int:
         res = run_stage(a.only, a)
         print(f"  {a.only}: {res['ms_per_step']:.1f} ms/step, {res['samples_per_s']:.2f} samples/s", flush=True)
         if a.result_file:
-            from metakd.fileio import write_json
+            from metakd.infra.fileio import write_json
 
             write_json(a.result_file, res)
         return 0
@@ -746,7 +746,7 @@ def _main(argv=None) -> int:
           + (" (one per stage)" if a.isolate else " (all stages so far: --no-isolate)")
           + "; step +RSS: peak during the steps minus RSS once the models were built.")
     if a.json:
-        from metakd.fileio import write_json
+        from metakd.infra.fileio import write_json
 
         write_json(a.json, {"meta": meta, "stages": {r["stage"]: r for r in results}})
         print(f"wrote {a.json}")
@@ -754,7 +754,7 @@ def _main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from metakd.errors import cli_main
+    from metakd.infra.entry import cli_main
 
     return cli_main(_main)(argv)
 

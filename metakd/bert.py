@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from metakd.errors import UserError
-from metakd.fileio import read_json_object
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import read_json_object
 from metakd.runtime import flow
 
 nn = flow.nn

@@ -25,7 +25,8 @@ import numpy as np
 from metakd import cli
 from metakd.compare import (METHODS, RECIPE_METHODS, Layout, alone_of, budget_of, collect, fmt, paired_difference, provenance,
                             summary_table)
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 
 def load(folder: Path, proc) -> Tuple[str, dict, "object", Dict[Tuple[str, str, int], dict]]:
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
     for f in a.comparisons:
         if not f.is_dir():
             raise UserError("no such folder; give a published comparison (tools/publish_compare.sh writes one)", f)
-    from metakd.fileio import atomic_open, write_json
+    from metakd.infra.fileio import atomic_open, write_json
 
     proc = cli.processor(a.task)
     lines, rows, diffs = budget_table(a.comparisons, proc, a.bootstrap)

@@ -27,8 +27,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from metakd.errors import UserError
-from metakd.fileio import atomic_dir, read_json_object
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_dir, read_json_object
 from metakd import cpu
 from metakd.bert import BertConfig, BertModel
 from metakd.runtime import flow
@@ -365,7 +365,7 @@ def save_checkpoint(
     without OneFlow; ``vocab.txt`` (+ tokenizer_config.json) copied from ``vocab_from``;
     ``training_state/`` (optimizer, scheduler, RNG, data order) when given, for resuming.
     """
-    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
+    from metakd.infra.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:

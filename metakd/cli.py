@@ -10,12 +10,11 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from metakd.errors import UserError
+# The processed files' names, which the stages read as cli.TRAIN_FILE ... (data/tsv.py holds them with their schema)
+from metakd.data.tsv import DEV_FILE, TEST_FILE, TRAIN_FILE  # noqa: F401
 from metakd.features import Encoded, encode
+from metakd.infra.errors import UserError
 
-TRAIN_FILE = "train_with_weights.tsv"
-DEV_FILE = "dev_standard.tsv"
-TEST_FILE = "test_standard.tsv"
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -354,10 +355,10 @@ def record_settings(lay: Layout, env: Dict[str, str]) -> dict:
             print(f"note: this run dir has cells from commits {', '.join(saved.get('commits', [])) or '(not recorded)'}; "
                   f"now {commit}")
             saved["commits"] = saved.get("commits", []) + [commit]
-            from metakd.fileio import write_json
+            from metakd.infra.fileio import write_json
             write_json(path, saved)
         return saved
-    from metakd.fileio import write_json
+    from metakd.infra.fileio import write_json
 
     cfg = {"settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "commits": [c for c in [code_commit()] if c]}
     lay.run.mkdir(parents=True, exist_ok=True)
@@ -509,7 +510,7 @@ def collect(lay: Layout, proc) -> Tuple["pd.DataFrame", Dict[Tuple[str, str, int
                     continue
                 ev = json.loads(path.read_text(encoding="utf-8"))
                 if "curve" not in ev:  # written by an earlier runner: completed once from the run dir
-                    from metakd.fileio import write_json
+                    from metakd.infra.fileio import write_json
 
                     ev.update(cell_summary(METHODS[name], genre, seed, lay, walls))
                     write_json(path, ev)
@@ -656,7 +657,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
                  out: Optional[Path] = None) -> Optional[Path]:
     """results.csv, results.md, paired.json and the three plots of ``lay``'s finished cells, into ``out``
     (the run dir unless given; its config.json, else the run dir's, gives the budget each names)."""
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     out = lay.run if out is None else out
     df, evals = collect(lay, proc)
@@ -710,7 +711,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {', '.join(map(str, seeds))} |")
     with atomic_open(out / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    from metakd.fileio import write_json
+    from metakd.infra.fileio import write_json
     write_json(out / "paired.json", [d for d in done.values() if d is not None])  # the reference's first
     plot_accuracy(df, genres, out / "accuracy.png", note)
     plot_curves(df, evals, out / "curves.png", note)
@@ -724,7 +725,7 @@ def write_report(lay: Layout, proc, reference: str, n_boot: int, quiet: bool = F
 
 def _save(fig, path: Path, note: str, dpi: int) -> None:
     """Every figure names its budget and commits (``note``, bottom left) and is written whole or not at all."""
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     if note:
         fig.text(0.005, 0.003, note, fontsize=6, color="0.35", ha="left", va="bottom")
@@ -862,7 +863,7 @@ def merge_records(run: Path, dest: Path) -> None:
     (a step the run dir ran again, e.g. a teacher retrained because its checkpoint was lost, is
     reported with the run dir's time only). ``config.json``: the settings must be the same; the
     commits are ``dest``'s, then the run dir's new ones; ``created`` is the earliest."""
-    from metakd.fileio import atomic_open, write_json
+    from metakd.infra.fileio import atomic_open, write_json
 
     new_walls = (run / "walls.tsv").read_text(encoding="utf-8").splitlines() if (run / "walls.tsv").exists() else []
     old_walls = (dest / "walls.tsv").read_text(encoding="utf-8").splitlines() if (dest / "walls.tsv").exists() else []
@@ -902,7 +903,7 @@ def publish(run: Path, dest: Path, proc, reference: str, n_boot: int) -> None:
     """Copy ``run``'s finished cells' evaluations into ``dest/cells`` (model folders made relative), merge its
     wall times and commits into ``dest`` (merge_records), then write the report into ``dest`` from the
     published cells alone: what docs/ holds is reproducible from docs/, the models being gone."""
-    from metakd.fileio import write_json
+    from metakd.infra.fileio import write_json
 
     merge_records(run, dest)
     for path in sorted(run.glob("seed*/*/eval/*.json")):
@@ -990,7 +991,7 @@ def main(argv=None) -> int:
                 runner.run(step, f"{what}: {step.out.name}")
             if a.dry_run:
                 continue
-            from metakd.fileio import write_json
+            from metakd.infra.fileio import write_json
             from metakd.runtime import resolve_device
 
             device = device or resolve_device(env.get("DEVICE", "auto"))

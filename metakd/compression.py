@@ -28,7 +28,8 @@ from typing import List, Optional
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 PAPER = {"bert-base (paper's teacher)": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                              intermediate_size=3072),
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     cols.append("test_accuracy")
     cli.print_table(rows, cols)
     if a.json is not None:
-        from metakd.fileio import write_json
+        from metakd.infra.fileio import write_json
 
         write_json(a.json, {"batch": a.batch, "seq": a.seq, "iters": a.iters, "latency_iters": a.latency_iters,
                             "cores": cores, "rows": rows})

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 
 def build_parser():
@@ -79,7 +80,7 @@ def save_teacher_logits(folder: Path, logits: np.ndarray, key: dict) -> None:
     """Stage first already has the teacher's logits (from its cache); stage second reuses them."""
     import json
 
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     with atomic_open(folder / TEACHER_LOGITS, "wb") as f:
         np.savez(f, logits=logits, key=np.array(json.dumps(key, sort_keys=True)))

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 STUDENT_SUBDIR = "meta_student_finetune"
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, read_metakd_info
     from metakd.evaluation import classification_metrics, predict_logits
-    from metakd.fileio import check_writable, write_json_together
+    from metakd.infra.fileio import check_writable, write_json_together
     from metakd.meta_model import load_meta_checkpoint
     from metakd.runtime import resolve_device
 

@@ -31,7 +31,8 @@ import shutil
 from pathlib import Path
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 REMOTE_CODE = '''"""metakd's classifier head for transformers: logits = classifier(ReLU(pooler_output))."""
 import torch
@@ -97,10 +98,10 @@ def hf_config(bert: dict, labels, info: dict) -> dict:
 
 
 def export_hf(model: Path, out: Path) -> dict:
-    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
+    from metakd.infra.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     from metakd.checkpoint import CONFIG, VOCAB, WEIGHTS, check_model_folder, read_metakd_info, read_state_dict
-    from metakd.fileio import atomic_dir, read_json_object
+    from metakd.infra.fileio import atomic_dir, read_json_object
 
     check_model_folder(model, metakd=True)
     info = read_metakd_info(model)
@@ -140,7 +141,7 @@ def export_onnx(model: Path, out: Path, batch: int, seq) -> float:
     import numpy as np
 
     from metakd.checkpoint import CONFIG, VOCAB, check_model_folder, read_metakd_info
-    from metakd.fileio import atomic_dir, read_json_object
+    from metakd.infra.fileio import atomic_dir, read_json_object
     from metakd.meta_model import load_meta_checkpoint
     from metakd.onnx_export import export_logits, run_padded
     from metakd.runtime import flow

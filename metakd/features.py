@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.runtime import flow
 
 # How text_b becomes model input (docs/design.md section 3, "input layout").

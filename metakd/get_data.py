@@ -31,10 +31,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
-from metakd import download
-from metakd.data import mnli, senti, synthetic, table, tasks
-from metakd.errors import UserError, cli_main
-from metakd.fileio import atomic_dir, atomic_files, write_json
+from metakd.data import download, mnli, sampling, senti, synthetic, table, tsv
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_dir, atomic_files, copy_file, sha256_file, write_json
 
 PathLike = Union[str, os.PathLike]
 
@@ -110,7 +110,7 @@ def resolve_source(source: str, cache_dir: PathLike, models_out: PathLike, seed:
         return find(path)
     if path.is_file():
         if sha256 is not None:
-            actual = download.sha256_of(path)
+            actual = sha256_file(path)
             if actual != sha256.lower():
                 raise UserError(f"checksum mismatch: expected sha256 {sha256.lower()}, got "
                                 f"{actual}", path=path)
@@ -143,7 +143,7 @@ def write_splits(root: PathLike, out: PathLike, compat: str = "none") -> Dict[st
             write(frame, stage / f"{name}.tsv")
     # A task.json left by an earlier TASK=mnli/tsv run here would make the later stages refuse
     # these files as that task's; the Amazon split has none.
-    tasks.task_file(out).unlink(missing_ok=True)
+    tsv.task_file(out).unlink(missing_ok=True)
     return splits
 
 
@@ -152,8 +152,8 @@ def write_task_splits(splits: Dict[str, pd.DataFrame], info: dict, out: PathLike
     info = {**info, "rows": {name: len(frame) for name, frame in splits.items()}}
     with atomic_files(out) as stage:  # one set: all new or all old
         for name, frame in splits.items():
-            tasks.write_pair_split(frame, stage / f"{name}.tsv")
-        write_json(stage / tasks.TASK_FILE, info)
+            tsv.write_pair_split(frame, stage / f"{name}.tsv")
+        write_json(stage / tsv.TASK_FILE, info)
 
 
 def mnli_splits(folder: Path, portion: float, seed: int) -> Tuple[Dict[str, pd.DataFrame], dict]:
@@ -249,7 +249,7 @@ def fetch_model(name_or_url: str, models_out: PathLike, cache_dir: PathLike,
                         f"{name_or_url!r} a BERT model with safetensors weights?") from None
     with atomic_dir(dest) as tmp:
         for filename, cached in files.items():
-            download.copy_into(cached, tmp / filename)
+            copy_file(cached, tmp / filename)
     return dest
 
 
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
              "sorted_data_acl folder (or a folder holding one), or 'synthetic' (a tiny "
              "generated dataset, and tiny random teacher/student BERTs in --models-out). "
              "If only --fetch-model is given, no data is fetched.")
-    parser.add_argument("--task", default="senti", choices=list(tasks.TASKS),
+    parser.add_argument("--task", default="senti", choices=list(tsv.TASKS),
                         help="senti: the Amazon reviews; mnli: GLUE's MNLI (five genres, sentence pairs); tsv: your "
                              "own CSV/TSV (default: %(default)s)")
     parser.add_argument("--out", default="data/SENTI",
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_task_options(args: argparse.Namespace) -> None:
     """Every option of the chosen task in range, before any download or file is touched."""
-    tasks.check_portion(args.data_portion)
+    sampling.check_portion(args.data_portion)
     if not 0 <= args.split_seed < 2 ** 32:
         raise UserError(f"--split-seed must be in [0, 2^32), got {args.split_seed}")
     files = [args.train_file, args.dev_file, args.test_file]
@@ -378,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.synthetic_size < 1:
         raise UserError("--synthetic-size must be at least 1")
     check_task_options(args)
-    from metakd.fileio import check_writable  # every output folder, before a download or a model is made
+    from metakd.infra.fileio import check_writable  # every output folder, before a download or a model is made
 
     writes_splits = not (args.source is None and args.fetch_model and args.task != "tsv")
     for folder, used in ((args.out, writes_splits), (args.cache_dir, True),

@@ -3,7 +3,7 @@
     python -m metakd.launch --nproc_per_node 2 -m metakd.train_teacher ...   (what NPROC=2 runs)
 
 The same launcher and options; two differences, both about Ctrl-C. OneFlow's import in the
-launcher itself is guarded like an entry point's (``metakd/__init__.py``): a Ctrl-C there gives
+launcher itself is guarded like an entry point's (``metakd/infra/entry.py``): a Ctrl-C there gives
 the message and exit 130, not OneFlow's exit 255. And a Ctrl-C once the processes run ends the
 launcher with exit 130 (the launcher stops its processes, each of which stops as documented), not
 the launcher's exit 1, so a numbered script reports an interruption the same with NPROC=1 or 2.
@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 
-import metakd  # (first: the Ctrl-C guard, before OneFlow loads)
+import metakd  # noqa: F401  (first: the Ctrl-C guard, before OneFlow loads)
+from metakd.infra.entry import INTERRUPTED
 
 
 class _SignalsSeen:
@@ -36,7 +37,7 @@ class _SignalsSeen:
 
 
 def _interrupted_before_launch(signum, frame):
-    os.write(2, (metakd.INTERRUPTED + "\n").encode())
+    os.write(2, (INTERRUPTED + "\n").encode())
     os._exit(130)
 
 

@@ -83,7 +83,7 @@ def stage1_weights(prototype: flow.Tensor, teacher_logits: flow.Tensor, labels: 
 
 def layer_map(teacher_layers: int, student_layers: int) -> int:
     """Teacher layers per student layer; the pair must be distillable."""
-    from metakd.errors import UserError
+    from metakd.infra.errors import UserError
 
     if student_layers <= 0 or teacher_layers < student_layers or teacher_layers % student_layers:
         raise UserError(

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 
 def build_parser():
@@ -80,10 +81,10 @@ def make_student(teacher: Path, out: Path, layers: Optional[Sequence[int]] = Non
                  num_layers: Optional[int] = None, reuse: bool = False) -> List[int]:
     """Writes the student folder ``out``; with ``reuse``, an ``out`` made from the same teacher folder
     (the same path, resolved) and layers is kept as it is. Returns the teacher layers used."""
-    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
+    from metakd.infra.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     from metakd.checkpoint import CONFIG, VOCAB, WEIGHTS, check_model_folder, load_backbone, read_config, state_dict_numpy
-    from metakd.fileio import atomic_dir
+    from metakd.infra.fileio import atomic_dir
 
     check_model_folder(teacher)
     cfg = read_config(teacher)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from metakd.checkpoint import LoadReport, assign_state_dict, load_backbone, read_config, read_metakd_info, read_state_dict
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd import cpu
 from metakd.bert import BertConfig, BertModel, BertModelOutput, init_bert_weights
 from metakd.runtime import flow

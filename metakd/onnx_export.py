@@ -34,7 +34,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -22,7 +22,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.data.tsv import decode
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 TEXT_COLUMNS = ("text", "text_a", "review", "sentence", "sentence1")
 
@@ -43,13 +45,6 @@ def build_parser():
     return p
 
 
-def _decode(raw: bytes, where: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"not UTF-8 text (byte {e.start}); save it as UTF-8", where) from None
-
-
 def read_texts(source: str, text_column: Optional[str] = None,
                text_b_column: Optional[str] = None) -> Tuple[List[str], Optional[List[str]]]:
     """The texts (and second texts) of the input, in order."""
@@ -64,7 +59,7 @@ def read_texts(source: str, text_column: Optional[str] = None,
         raw, where = path.read_bytes(), str(path)
     if b"\x00" in raw[:4096]:
         raise UserError("binary data, not text; give a .txt, .csv or .tsv file", where)
-    text = _decode(raw, where)
+    text = decode(raw, where)  # the one rule for every file metakd reads: UTF-8, a leading BOM dropped
     suffix = Path(source).suffix.lower() if source != "-" else ""
     if suffix in (".csv", ".tsv"):
         try:
@@ -98,7 +93,7 @@ def read_texts(source: str, text_column: Optional[str] = None,
 
 
 def write_predictions(out: str, fmt: str, labels: List[str], probs: np.ndarray) -> None:
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     pred = probs.argmax(axis=1)
     lines = []

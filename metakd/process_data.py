@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
-from metakd.fileio import atomic_files, atomic_open, write_json
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_files, atomic_open, write_json
 
 
 def build_parser():
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     cli.check_batch_size(a)
     from metakd.checkpoint import check_model_folder, load_backbone
-    from metakd.data.senti import write_standard_tsv
+    from metakd.data.tsv import write_standard_tsv
     from metakd.features import encode
     from metakd.prototypes import class_prototype_scores, mean_embeddings, prototype_scores
     from metakd.runtime import rank, resolve_device, seed_everything

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.features import Encoded, inference_batches, to_tensors
 from metakd.meta_model import content_vector
 from metakd.cpu import parameter_views

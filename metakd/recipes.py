@@ -16,9 +16,11 @@ import re
 import sys
 from typing import Dict, Optional, Sequence
 
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
 
 # Every variable a recipe may set: the distillation scripts' (4 and 5) recipe knobs.
+
+from metakd.infra.errors import UserError
 KNOBS = ("STUDENT_FROM_TEACHER", "USE_ATTENTION_TERM", "SKIP_STAGE1", "ALPHA", "T_SQUARED", "STAGE2_LR")
 
 # stage 1: attention scores + hidden states (+ Meta-KD's domain term and weights);

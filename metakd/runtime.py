@@ -50,7 +50,7 @@ def restore_ctrl_c() -> None:
     """OneFlow's import installs a SIGINT handler that ends the process at once with exit 255 (no
     message, no release of the output lock's waiters). Put Python's back, so that Ctrl-C raises
     KeyboardInterrupt and the entry points stop as documented (``interrupted; ...``, exit 130).
-    (metakd/__init__.py already put it back as soon as OneFlow's extension loaded; here the policy
+    (metakd/infra/entry.py already put it back as soon as OneFlow's extension loaded; here the policy
     is chosen, and a OneFlow imported before metakd is covered.)"""
     import signal
     import threading
@@ -69,14 +69,14 @@ def restore_ctrl_c() -> None:
             os._exit(130)
 
         signal.signal(signal.SIGINT, _stop_now)
-        import metakd
+        from metakd.infra import entry
 
-        metakd.starting = False  # cli_main keeps this handler
+        entry.starting = False  # cli_main keeps this handler
     else:
-        import metakd
+        from metakd.infra import entry
 
-        # While an entry point is still importing, Ctrl-C keeps ending it with the message (metakd/__init__.py)
-        signal.signal(signal.SIGINT, metakd._interrupted_while_starting if metakd.starting
+        # While an entry point is still importing, Ctrl-C keeps ending it with the message (metakd/infra/entry.py)
+        signal.signal(signal.SIGINT, entry._interrupted_while_starting if entry.starting
                       else signal.default_int_handler)
 
 
@@ -94,7 +94,7 @@ def cuda_available() -> bool:
 
 def resolve_device(name: str = "auto") -> flow.device:
     """``auto`` -> CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is an error."""
-    from metakd.errors import UserError
+    from metakd.infra.errors import UserError
 
     if name not in DEVICES and not name.startswith(("cuda:", "cpu:")):
         raise UserError(f"unknown device {name!r}; use one of auto, cpu, cuda, cuda:N")

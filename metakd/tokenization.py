@@ -27,8 +27,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from metakd.errors import UserError
-from metakd.fileio import atomic_open
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_open
 
 PathLike = Union[str, os.PathLike]
 TextsA = Union[str, Sequence[str]]

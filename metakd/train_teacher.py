@@ -20,7 +20,8 @@ from pathlib import Path
 
 
 from metakd import cli
-from metakd.errors import UserError, cli_main
+from metakd.infra.entry import cli_main
+from metakd.infra.errors import UserError
 
 
 def build_parser():

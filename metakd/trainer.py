@@ -36,9 +36,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.features import Encoded, to_tensors, train_batches
-from metakd.fileio import atomic_dir, claim, output_lock, remove_stale, replace_dir, write_json
+from metakd.infra.fileio import atomic_dir, remove_stale, replace_dir, write_json
+from metakd.infra.locks import claim, output_lock
 from metakd.cpu import current_kernels as cpu_kernels
 from metakd.cpu import numpy_scope, parameter_views
 from metakd.optim import make_update
@@ -260,7 +261,7 @@ class Trainer:
     # -- resumable state ---------------------------------------------------------------------------
     def _save_resume_state(self) -> None:
         """model + optimizer + scheduler + progress (the data position is ``global_step``), atomically."""
-        from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
+        from metakd.infra.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
         from metakd.checkpoint import sha256_file, state_dict_numpy
 

@@ -241,7 +241,7 @@ def test_file_size_limit_is_one_line_and_keeps_earlier_outputs(world, what):
 def test_evaluate_reports_are_one_set(world, monkeypatch):
     """A full disk while writing the second of evaluate's reports (the out-root's and the student's)
     leaves both as they were: they are renamed into place only once all are written."""
-    from metakd import fileio
+    from metakd.infra import fileio
 
     real = fileio.json.dump
     calls = []

@@ -79,11 +79,11 @@ def test_before_run_unfinished(tmp_path):
     write_times(tmp_path / "before" / "b" / "out", {})
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "before_after.py"), "--run", str(tmp_path / "after"),
                         "--before-run", str(tmp_path / "before")], capture_output=True, text=True)
-    assert r.returncode == 2 and "is tools/before_run.sh finished?" in r.stderr
+    assert r.returncode == 2 and "is tools/research/before_run.sh finished?" in r.stderr
 
 
 def test_real_run_times_the_chosen_scripts_of_another_checkout(tmp_path):
-    """tools/real_run.sh with REPO/FROM/TO (how tools/before_run.sh runs its chains): only scripts
+    """tools/real_run.sh with REPO/FROM/TO (how tools/research/before_run.sh runs its chains): only scripts
     FROM..TO, the other checkout's own, each timed into OUT_DIR/stage_times.tsv there."""
     repo = tmp_path / "checkout"
     repo.mkdir()

@@ -147,7 +147,7 @@ def test_config_round_trip_keeps_extra_keys(tmp_path):
 
 
 def test_config_errors(tmp_path):
-    from metakd.errors import UserError
+    from metakd.infra.errors import UserError
 
     with pytest.raises(UserError, match="not a multiple"):
         BertConfig(hidden_size=30, num_attention_heads=4)

@@ -11,7 +11,7 @@ import pytest
 
 from _tiny import ROOT
 from metakd import budgets, cli, compare
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 GENRES = ("books", "dvd", "electronics", "kitchen")
 

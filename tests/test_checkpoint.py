@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import TEACHER_DIR, needs_models, tiny_config
 from metakd.checkpoint import load_backbone, read_state_dict, save_checkpoint
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.meta_model import MetaBert, load_meta_checkpoint
 from metakd.bert import BertModel
 from metakd.runtime import flow

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from _tiny import SEQ, call_main, make_checkpoint, tiny
-from metakd import fileio
+from metakd.infra import fileio
 from metakd.checkpoint import (WEIGHTS, check_model_folder, check_safetensors, read_state_dict, save_checkpoint,
                                sha256_file)
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.meta_model import load_meta_checkpoint
 
 

@@ -16,7 +16,7 @@ import pytest
 from _tiny import ROOT
 from metakd import compare
 from metakd.compare import METHODS, Layout, model_chain, paired_difference, summary_table
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 
 # ------------------------------------------------------------------ statistics

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from _http import LocalServer
-from metakd import download
-from metakd.errors import UserError
+from metakd.data import download
+from metakd.infra.errors import UserError
 
 
 def make_tar_gz(files: dict) -> bytes:

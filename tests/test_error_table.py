@@ -29,7 +29,7 @@ def test_every_error_site_is_read():
     calls = sum(p.read_text(encoding="utf-8").count("UserError(") + p.read_text(encoding="utf-8").count("Error(f\"")
                 for p in (ROOT / "metakd").rglob("*.py"))
     assert len(found) >= 150 and calls > 0
-    for needed in ("metakd/trainer.py", "metakd/fileio.py", "metakd/cli.py", "metakd/data/senti.py"):
+    for needed in ("metakd/trainer.py", "metakd/infra/fileio.py", "metakd/cli.py", "metakd/data/senti.py"):
         assert needed in files, needed
     templates = [t for t, _ in found]
     assert "seed must be in [0, 2^32), got …" in templates  # from a [(condition, message)] list

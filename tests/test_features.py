@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.features import Encoded, encode, epoch_order, inference_batches, to_tensors, train_batches
 from metakd.runtime import flow
 from metakd.tokenization import BertTokenizer

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.losses import (Stage1Inputs, attention_mse, attention_pairs, cross_entropy_per_example, domain_mse,
                            expertise_weights, hidden_mse, hidden_pairs, layer_map, soft_cross_entropy, stage1_loss,
                            teacher_loss)

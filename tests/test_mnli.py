@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from _mnli import GENRES, LABELS, write_mnli, zip_mnli
-from metakd.data import mnli, tasks
-from metakd.errors import UserError
+from metakd.data import mnli, sampling, tsv
+from metakd.infra.errors import UserError
 from test_get_data import FileServer, check_one_line_error, run_cli
 
 
@@ -120,7 +120,7 @@ def test_stratified_take_against_a_written_out_rule():
     import numpy as np
 
     keys = ["a"] * 7 + ["b"] * 3 + ["c"] * 1
-    mask = tasks.stratified_take(keys, 0.3, seed=5)
+    mask = sampling.stratified_take(keys, 0.3, seed=5)
     perm = np.random.default_rng(5).permutation(len(keys))
     quota = {"a": 2, "b": 1, "c": 0}  # round half up of 0.3 n: 2.1, 0.9, 0.3
     expected = np.zeros(len(keys), bool)
@@ -129,7 +129,7 @@ def test_stratified_take_against_a_written_out_rule():
             expected[i] = True
             quota[keys[i]] -= 1
     assert (mask == expected).all()
-    assert tasks.stratified_take(keys, 0.01, seed=5, at_least_one=True).sum() == 3
+    assert sampling.stratified_take(keys, 0.01, seed=5, at_least_one=True).sum() == 3
 
 
 def test_get_data_over_http_with_cache(tmp_path, fixture):
@@ -149,7 +149,7 @@ def test_get_data_over_http_with_cache(tmp_path, fixture):
     assert info["split"]["data_portion"] == 0.5 and info["split"]["seed"] == 11111
     expected = mnli.split_mnli(*mnli.load_mnli(folder), portion=0.5)
     for name in ("train", "dev", "test"):
-        got = tasks.read_pair_split(out / f"{name}.tsv", mnli.MNLI_LABELS, mnli.MNLI_DOMAINS)
+        got = tsv.read_pair_split(out / f"{name}.tsv", mnli.MNLI_LABELS, mnli.MNLI_DOMAINS)
         assert as_tuples(got) == as_tuples(expected[name]), name
         assert info["rows"][name] == len(got)
     # A local zip and the extracted folder give the same files.
@@ -202,7 +202,7 @@ def test_mnli_six_scripts_end_to_end(tmp_path):
             p = subprocess.run(["bash", script], cwd=root, env=env, capture_output=True, text=True, timeout=600)
             assert p.returncode == 0, f"{script}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     data, out = tmp_path / "data", tmp_path / "out"
-    weights = tasks.read_pair_split(data / "train.tsv")
+    weights = tsv.read_pair_split(data / "train.tsv")
     standard = pd.read_csv(data / "train_with_weights.tsv", sep="\t", quoting=3, keep_default_na=False)
     assert (standard["text_b"] != "").all() and len(standard) == len(weights)  # pairs reach the standard files
     # What every stage feeds the models: [CLS] a [SEP] b [SEP], segment 1 on b and its [SEP].

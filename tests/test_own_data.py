@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metakd.data import synthetic, table, tasks
-from metakd.errors import UserError
+from metakd.data import synthetic, table, tasks, tsv
+from metakd.infra.errors import UserError
 from test_get_data import check_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def small_rows(n_per_class=10, domains=("a", "b", "c"), labels=("x", "y", "z")):
 
 
 def read_out(folder: Path, split: str):
-    return tasks.read_pair_split(folder / f"{split}.tsv")
+    return tsv.read_pair_split(folder / f"{split}.tsv")
 
 
 def test_one_file_split_sizes_labels_and_csv_quoting(tmp_path):
@@ -238,7 +238,7 @@ def test_process_data_prototypes_against_numpy(tmp_path, prototypes):
                                                        "--no-progress", "--save-embeddings", "--prototypes", prototypes])
     assert code == 0, err
     data = tmp_path / "data"
-    train = tasks.read_pair_split(data / "train.tsv")
+    train = tsv.read_pair_split(data / "train.tsv")
     assert json.loads((data / "prototypes.json").read_text())["prototypes"] == prototypes
     got = pd.read_csv(data / "train_with_weights.tsv", sep="\t", quoting=3, keep_default_na=False)
     assert got["text_b"].tolist() == train["text_b"].tolist()

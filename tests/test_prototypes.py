@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.features import Encoded
 from metakd.bert import BertModel
 from metakd.prototypes import class_prototype_scores, mean_embeddings, prototype_scores

@@ -19,17 +19,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from metakd.data.tsv import STANDARD_COLUMNS, read_standard_tsv
 from metakd.data.senti import (
     SENTI_DOMAINS,
     SENTI_LABELS,
     SPLIT_COLUMNS,
-    STANDARD_COLUMNS,
     load_sorted_data_acl,
     parse_review_file,
     read_split_tsv,
-    read_standard_tsv,
 )
-from metakd.errors import UserError, one_line
+from metakd.infra.errors import UserError, one_line
 
 SETTINGS = dict(deadline=None, max_examples=int(os.environ.get("METAKD_FUZZ_EXAMPLES", "120")),
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

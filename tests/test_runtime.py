@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.runtime import cuda_available, flow, local_rank, rank, resolve_device, world_size
 
 

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.model_selection import StratifiedKFold
 
-from metakd.data import senti
+from metakd.data import senti, tsv
 from metakd.data.synthetic import make_synthetic_reviews
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_multidomain" / "sorted_data_acl"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real SENTI data not found at {REAL} "
@@ -268,7 +268,7 @@ def test_read_split_other_errors(tmp_path):
 
 def standard_frame() -> pd.DataFrame:
     return pd.DataFrame({
-        "guid": senti.make_guids("train", 3),
+        "guid": tsv.make_guids("train", 3),
         "text_a": ["a review", 'with "quotes"', "third"],
         "text_b": ["", "", "a second sentence"],
         "label": ["positive", "negative", "positive"],
@@ -280,15 +280,15 @@ def standard_frame() -> pd.DataFrame:
 def test_standard_round_trip_exact(tmp_path):
     df = standard_frame()
     path = tmp_path / "train_with_weights.tsv"
-    senti.write_standard_tsv(df, path)
+    tsv.write_standard_tsv(df, path)
     assert path.read_text(encoding="utf-8").splitlines()[0] == "guid\ttext_a\ttext_b\tlabel\tdomain\tweight"
-    back = senti.read_standard_tsv(path, labels=senti.SENTI_LABELS, domains=senti.SENTI_DOMAINS)
+    back = tsv.read_standard_tsv(path, labels=senti.SENTI_LABELS, domains=senti.SENTI_DOMAINS)
     pd.testing.assert_frame_equal(back, df)
     assert back["weight"].tolist() == df["weight"].tolist()  # bit-identical floats
 
 
 def test_make_guids_and_split_to_standard():
-    assert senti.make_guids("dev", 2) == ["dev-000000", "dev-000001"]
+    assert tsv.make_guids("dev", 2) == ["dev-000000", "dev-000001"]
     split = pd.DataFrame({"review": ["x", "y"], "domain": ["dvd", "books"],
                           "sentiment": ["negative", "positive"]}, index=[7, 3])
     std = senti.split_to_standard(split, "dev", weights=[0.5, 0.25])
@@ -301,8 +301,8 @@ def test_make_guids_and_split_to_standard():
 def test_standard_reads_easynlp_dev_header(tmp_path):
     path = write(tmp_path / "dev_standard.tsv",
                  "guid\ttext_a\ttext_b\tlabel\tdomain\tembeddings\ndev-0\tnice\t\tpositive\tdvd\t0\n")
-    df = senti.read_standard_tsv(path)
-    assert list(df.columns) == list(senti.STANDARD_COLUMNS)
+    df = tsv.read_standard_tsv(path)
+    assert list(df.columns) == list(tsv.STANDARD_COLUMNS)
     assert df["weight"].tolist() == [0.0]
 
 
@@ -323,7 +323,7 @@ HEADER = "guid\ttext_a\ttext_b\tlabel\tdomain\tweight\n"
 def test_read_standard_errors(tmp_path, row, message):
     path = write(tmp_path / "s.tsv", HEADER + "g0\tok\t\tnegative\tdvd\t1.0\n" + row + "\n")
     with pytest.raises(UserError) as e:
-        senti.read_standard_tsv(path, labels=senti.SENTI_LABELS, domains=senti.SENTI_DOMAINS)
+        tsv.read_standard_tsv(path, labels=senti.SENTI_LABELS, domains=senti.SENTI_DOMAINS)
     assert str(e.value).startswith(f"{path}:3: ")
     assert message in str(e.value)
 
@@ -332,9 +332,9 @@ def test_write_standard_refuses_bad_weight(tmp_path):
     df = standard_frame()
     df.loc[1, "weight"] = math.inf
     with pytest.raises(UserError, match=r"s.tsv:3: weight inf is not finite"):
-        senti.write_standard_tsv(df, tmp_path / "s.tsv")
+        tsv.write_standard_tsv(df, tmp_path / "s.tsv")
     with pytest.raises(UserError, match="lacks column"):
-        senti.write_standard_tsv(df.drop(columns=["text_b"]), tmp_path / "s.tsv")
+        tsv.write_standard_tsv(df.drop(columns=["text_b"]), tmp_path / "s.tsv")
 
 
 # ---------------------------------------------------------------------------- real data

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.tokenization import BertTokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_tokenizer.json"

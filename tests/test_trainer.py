@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from _tiny import ROOT, call_main, env, run_cli, teacher_args, tiny
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 from metakd.features import Encoded
-from metakd.fileio import atomic_dir, output_lock
+from metakd.infra.fileio import atomic_dir
+from metakd.infra.locks import output_lock
 from metakd.runtime import flow
 from metakd.trainer import (BEST, RESUME_SUFFIX, STATE, TrainArgs, Trainer, TrainingDiverged, claim_output,
                             dropout_generators, seed_step)

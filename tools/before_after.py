@@ -11,7 +11,7 @@ test accuracy (``eval_test.json``).
 every batch padded to the full length, the frozen teacher run at every distillation step, one
 process. Either
 
-* ``--before-run``: a whole such run, ``tools/before_run.sh`` (its two chains' ``stage_times.tsv``
+* ``--before-run``: a whole such run, ``tools/research/before_run.sh`` (its two chains' ``stage_times.tsv``
   and ``results.json``/``eval_test.json`` files), or
 * ``--before``: its cost per step, measured by the benchmark at an old commit
 
@@ -82,7 +82,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="OUT_DIR of a finished tools/real_run.sh (after)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--before-run", type=Path, help="OUT of a finished tools/before_run.sh")
+    src.add_argument("--before-run", type=Path, help="OUT of a finished tools/research/before_run.sh")
     src.add_argument("--before", type=Path, help="bench --json of the old code path (per-step estimate)")
     p.add_argument("--data", type=Path, help="the after-run's DATA_DIR (with --before)")
     p.add_argument("--genre", default="books")
@@ -96,7 +96,7 @@ def main() -> None:
             before.update(read_times(c / "stage_times.tsv"))
         missing = [s for s in SCRIPTS if s not in before]
         if missing:
-            p.error(f"{a.before_run} lacks the times of {', '.join(missing)}; is tools/before_run.sh finished?")
+            p.error(f"{a.before_run} lacks the times of {', '.join(missing)}; is tools/research/before_run.sh finished?")
     else:
         if a.data is None:
             p.error("--before needs --data")

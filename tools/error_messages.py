@@ -126,9 +126,9 @@ def python_messages(package: Path = ROOT / "metakd") -> List[Tuple[str, str]]:
 
 def os_messages() -> List[Tuple[str, str]]:
     sys.path.insert(0, str(ROOT))
-    from metakd.errors import _OS_FIXES
+    from metakd.infra.errors import _OS_FIXES
 
-    return [(f"{os.strerror(code)}; {fix}", f"metakd/errors.py ({errno.errorcode[code]})")
+    return [(f"{os.strerror(code)}; {fix}", f"metakd/infra/errors.py ({errno.errorcode[code]})")
             for code, fix in _OS_FIXES.items()]
 
 
@@ -144,12 +144,12 @@ def script_messages() -> List[Tuple[str, str]]:
     return out
 
 
-FIXED = [  # printed by code that formats them itself (metakd/cli.py, metakd/errors.py, metakd/runtime.py)
+FIXED = [  # printed by code that formats them itself (metakd/cli.py, metakd/infra/entry.py, metakd/runtime.py)
     (f"{GAP}: argument --{GAP}: {GAP}; check {GAP} (bash {GAP} --help lists the variables)",
      "metakd/cli.py (a numbered script's option)"),
     (f"{GAP}: argument --{GAP}: {GAP}; see {GAP} --help", "metakd/cli.py (an entry point's option)"),
     ("interrupted; rerun the same command to continue a training stage from its last saved state (exit 130)",
-     "metakd/errors.py, metakd/runtime.py (Ctrl-C)"),
+     "metakd/infra/entry.py, metakd/runtime.py (Ctrl-C)"),
 ]
 
 

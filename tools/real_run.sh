@@ -2,7 +2,7 @@
 # The real one-genre run of docs/results.md: the real reviews and the ../shared/models pair on CPU,
 # each numbered script timed (wall seconds and peak RSS). Variables as in the numbered scripts;
 # epochs reduced from the paper's (1/10/10) to 1/3/3 to fit a 2-core session.
-# FROM/TO pick the scripts; REPO runs another checkout's numbered scripts (tools/before_run.sh).
+# FROM/TO pick the scripts; REPO runs another checkout's numbered scripts (tools/research/before_run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="$(realpath -m "${SHARED:-../shared}")"  # absolute, as REPO may lie elsewhere

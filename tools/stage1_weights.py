@@ -24,8 +24,8 @@ from typing import Dict, List
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from metakd.data.senti import read_standard_tsv  # noqa: E402  (the reader stage 1 uses: same rows, same order)
-from metakd.errors import UserError  # noqa: E402
+from metakd.data.tsv import read_standard_tsv  # noqa: E402  (the reader stage 1 uses: same rows, same order)
+from metakd.infra.errors import UserError  # noqa: E402
 
 
 def weights(prototype: np.ndarray, logits: np.ndarray, label_index: np.ndarray) -> Dict[str, np.ndarray]:

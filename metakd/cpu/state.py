@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from metakd.errors import UserError
+from metakd.infra.errors import UserError
 
 KERNELS = ("numpy", "oneflow")
 # The environment is only the default of ``--cpu-kernels`` (benchmarks, tests); the entry points set it.

@@ -10,7 +10,7 @@ The split (fixed; the same for every run with the same ``DATA_PORTION``):
 
 * test = ``dev_matched.tsv`` (MNLI's test labels are not public), in file order, all of it;
 * dev  = a stratified 10% of ``train.tsv`` by genre x label: in each genre x label stratum of
-  ``n`` pairs, ``floor(0.1 n + 0.5)`` of them, chosen by :func:`metakd.data.tasks.stratified_take`
+  ``n`` pairs, ``floor(0.1 n + 0.5)`` of them, chosen by :func:`metakd.data.sampling.stratified_take`
   with the split seed (11111 unless ``SPLIT_SEED`` says otherwise); train = the rest. Both keep
   the file order;
 * ``DATA_PORTION`` p < 1 keeps a stratified fraction p (at least one pair per stratum) of train
@@ -28,9 +28,10 @@ from typing import Dict, List, Tuple, Union
 
 import pandas as pd
 
-from metakd.data import senti
-from metakd.data.tasks import PAIR_SPLIT_COLUMNS, stratified_take, strata_of, take_portion
-from metakd.errors import UserError
+from metakd.data.sampling import stratified_take, strata_of, take_portion
+from metakd.data.senti import normalise_text
+from metakd.data.tsv import PAIR_SPLIT_COLUMNS, clip, decode
+from metakd.infra.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,13 +65,13 @@ def read_mnli_tsv(path: PathLike) -> pd.DataFrame:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read: {e.strerror or e}; " + _LAYOUT, path=path) from None
-    text = senti._decode(data, path)
+    text = decode(data, path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
         raise UserError("empty file; " + _LAYOUT, path=path)
-    header = lines[0].lstrip("\ufeff").rstrip("\r").split("\t")
+    header = lines[0].rstrip("\r").split("\t")
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise UserError(f"the header has no column {', '.join(missing)}; " + _LAYOUT, path=path, line=1)
@@ -84,15 +85,15 @@ def read_mnli_tsv(path: PathLike) -> pd.DataFrame:
                             path=path, line=lineno)
         genre, label = fields[at["genre"]], fields[at["gold_label"]]
         if genre not in MNLI_DOMAINS:
-            raise UserError(f"genre {senti._clip(genre)} is not one of MNLI's five ({', '.join(MNLI_DOMAINS)}); "
+            raise UserError(f"genre {clip(genre)} is not one of MNLI's five ({', '.join(MNLI_DOMAINS)}); "
                             f"use train.tsv and dev_matched.tsv, not dev_mismatched.tsv", path=path, line=lineno)
         if label == NO_LABEL:
             dropped["no_gold_label"] += 1
             continue
         if label not in MNLI_LABELS:
-            raise UserError(f"gold_label {senti._clip(label)} is not one of {', '.join(MNLI_LABELS)} or '-'",
+            raise UserError(f"gold_label {clip(label)} is not one of {', '.join(MNLI_LABELS)} or '-'",
                             path=path, line=lineno)
-        a, b = senti.normalise_text(fields[at["sentence1"]]), senti.normalise_text(fields[at["sentence2"]])
+        a, b = normalise_text(fields[at["sentence1"]]), normalise_text(fields[at["sentence2"]])
         if not a or not b:
             dropped["empty_sentence"] += 1
             continue

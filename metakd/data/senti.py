@@ -6,31 +6,26 @@ line. The split reproduces EasyNLP's ``generate_senti_data.py`` exactly (same re
 split, same order); the text itself is cleaner than EasyNLP's (lines are joined with a space
 instead of glued, no characters dropped, no CSV quote-escaping in the TSV files).
 
-Two TSV schemas (TAB-separated, one header line, UTF-8, never quoted):
-
-* split files ``train.tsv``, ``dev.tsv``, ``test.tsv``: ``review domain sentiment``;
-* the "standard" schema used after processing (``train_with_weights.tsv``,
-  ``dev_standard.tsv``, ...): ``guid text_a text_b label domain weight``, with ``text_b`` empty
-  for single sentences and ``weight`` a float.
+The split files ``train.tsv``, ``dev.tsv``, ``test.tsv`` have the columns ``review domain
+sentiment``; their format, and the standard schema of the processed files, are
+:mod:`metakd.data.tsv`'s.
 """
 from __future__ import annotations
 
-import csv
-import math
 import os
 from collections import deque
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
-from metakd.errors import UserError
-from metakd.fileio import atomic_open
+from metakd.data.tsv import (SPLIT_COLUMNS, Processor, check_choice, check_field, make_guids, read_tsv, require_columns,
+                             write_tsv)
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_open
 
 PathLike = Union[str, os.PathLike]
 
-SPLIT_COLUMNS: Tuple[str, ...] = ("review", "domain", "sentiment")
-STANDARD_COLUMNS: Tuple[str, ...] = ("guid", "text_a", "text_b", "label", "domain", "weight")
 # Label ids follow EasyNLP's label_enumerate_values order: positive -> 0, negative -> 1.
 SENTI_LABELS: Tuple[str, ...] = ("positive", "negative")
 SENTI_DOMAINS: Tuple[str, ...] = ("books", "dvd", "electronics", "kitchen")
@@ -39,8 +34,6 @@ N_FOLDS = 10
 
 _LAYOUT = ("expected the sorted_data_acl layout: <folder>/<domain>/positive.review and "
            "<domain>/negative.review (e.g. books, dvd, electronics, kitchen_&_housewares)")
-# Characters that would break a TAB-separated line (pandas also cuts a field at a NUL).
-_FORBIDDEN = {"\t": "a TAB", "\n": "a newline", "\r": "a carriage return", "\x00": "a NUL"}
 
 
 # ------------------------------------------------------------------------------ .review files
@@ -282,116 +275,6 @@ def split_reference(df: pd.DataFrame, seed: int = SPLIT_SEED,
 
 # ------------------------------------------------------------------------------ TSV files
 
-def _check_field(value: object, column: str, path: PathLike, line: int) -> str:
-    if not isinstance(value, str):
-        raise UserError(f"column {column!r} must be text, got {type(value).__name__} {value!r}",
-                        path=path, line=line)
-    for ch, what in _FORBIDDEN.items():
-        if ch in value:
-            raise UserError(f"column {column!r} contains {what}, which a TSV field cannot hold "
-                            "(normalise the text first)", path=path, line=line)
-    return value
-
-
-def _write_tsv(rows: Iterable[Sequence[str]], columns: Sequence[str], path: PathLike) -> None:
-    """Fields joined by TABs, one row a line: csv.QUOTE_NONE without an escape character."""
-    with atomic_open(path) as f:
-        f.write("\t".join(columns) + "\n")
-        for line, row in enumerate(rows, 2):
-            fields = [_check_field(v, c, path, line) for v, c in zip(row, columns)]
-            f.write("\t".join(fields) + "\n")
-
-
-def _require_columns(df: pd.DataFrame, columns: Sequence[str], path: PathLike) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserError(f"cannot write: the frame lacks column(s) {', '.join(missing)}", path=path)
-
-
-def _clip(value: object, limit: int = 60) -> str:
-    """``repr(value)``, cut to about ``limit`` characters: messages stay one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(str(value))} chars)"
-
-
-def _looks_utf16(data: bytes) -> bool:
-    return data.startswith((b"\xff\xfe", b"\xfe\xff")) or (
-        len(data) >= 4 and (data[1:4:2] == b"\x00\x00" or data[0:4:2] == b"\x00\x00"))
-
-
-def _decode(data: bytes, path: Path) -> str:
-    """The file's text; a clear error (with the line) if it is not UTF-8."""
-    if _looks_utf16(data):
-        raise UserError("the file looks like UTF-16 text; save it as UTF-8", path=path, line=1)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise UserError(f"not valid UTF-8 ({e.reason} at byte {column} of the line); save the file as UTF-8",
-                        path=path, line=line) from None
-
-
-def _scan_tsv(path: Path, columns: Sequence[str],
-              header_aliases: Dict[str, str]) -> int:
-    """Check encoding, header and field counts line by line; return the number of data rows.
-
-    pandas alone cannot say which line has too few fields, so this pass does, and guarantees
-    that pandas' rows map 1:1 onto lines 2, 3, ...
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read: {e.strerror or e}", path=path) from None
-    text = _decode(data, path)
-    if text.startswith("\ufeff"):
-        raise UserError("starts with a byte-order mark; save it as UTF-8 without BOM", path=path,
-                        line=1)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    expected = "\t".join(columns)
-    if not lines:
-        raise UserError(f"empty file; expected a header line {expected!r}", path=path)
-    header = [header_aliases.get(c, c) for c in lines[0].rstrip("\r").split("\t")]
-    if header != list(columns):
-        raise UserError(f"header is {_clip(lines[0])}, expected {expected!r}", path=path, line=1)
-    n = len(columns)
-    for lineno, line in enumerate(lines, 1):
-        if "\r" in line:
-            raise UserError("carriage return inside a line (Windows line ends?); save the file "
-                            "with plain \\n line ends", path=path, line=lineno)
-        if "\x00" in line:
-            raise UserError("NUL character in the line", path=path, line=lineno)
-        found = line.count("\t") + 1
-        if found != n:
-            what = "empty line (delete it): " if line == "" else ""
-            raise UserError(f"{what}expected {n} TAB-separated fields, found {found}",
-                            path=path, line=lineno)
-    return len(lines) - 1
-
-
-def _read_tsv(path: PathLike, columns: Sequence[str],
-              header_aliases: Optional[Dict[str, str]] = None) -> pd.DataFrame:
-    path = Path(path)
-    n_rows = _scan_tsv(path, columns, header_aliases or {})
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False,
-                     quoting=csv.QUOTE_NONE, encoding="utf-8", skip_blank_lines=False,
-                     header=0, names=list(columns), engine="c")
-    if len(df) != n_rows:  # cannot happen after _scan_tsv; a guard against pandas surprises
-        raise UserError(f"read {len(df)} rows but the file has {n_rows}", path=path)
-    return df
-
-
-def _check_choice(value: str, column: str, allowed: Optional[Sequence[str]], path: PathLike,
-                  line: int) -> None:
-    if value == "":
-        raise UserError(f"empty {column}", path=path, line=line)
-    if allowed is not None and value not in allowed:
-        raise UserError(f"unknown {column} {_clip(value)}; allowed: {', '.join(allowed)}",
-                        path=path, line=line)
-
-
 def _validate_split_rows(df: pd.DataFrame, path: PathLike,
                          domains: Optional[Sequence[str]] = None) -> None:
     for i, (review, domain, sentiment) in enumerate(
@@ -399,8 +282,8 @@ def _validate_split_rows(df: pd.DataFrame, path: PathLike,
         line = i + 2
         if review == "":
             raise UserError("empty review", path=path, line=line)
-        _check_choice(domain, "domain", domains, path, line)
-        _check_choice(sentiment, "sentiment", SENTI_LABELS, path, line)
+        check_choice(domain, "domain", domains, path, line)
+        check_choice(sentiment, "sentiment", SENTI_LABELS, path, line)
 
 
 def write_split_tsv(df: pd.DataFrame, path: PathLike) -> None:
@@ -409,20 +292,20 @@ def write_split_tsv(df: pd.DataFrame, path: PathLike) -> None:
     Raises:
       UserError: a field holds a TAB/newline, or a value the reader would refuse.
     """
-    _require_columns(df, SPLIT_COLUMNS, path)
+    require_columns(df, SPLIT_COLUMNS, path)
     frame = df[list(SPLIT_COLUMNS)]
     for column in SPLIT_COLUMNS:  # type errors first: the value checks compare strings
         for i, v in enumerate(frame[column]):
-            _check_field(v, column, path, i + 2)
+            check_field(v, column, path, i + 2)
     _validate_split_rows(frame, path)
-    _write_tsv(frame.itertuples(index=False, name=None), SPLIT_COLUMNS, path)
+    write_tsv(frame.itertuples(index=False, name=None), SPLIT_COLUMNS, path)
 
 
 def write_split_tsv_easynlp(df: pd.DataFrame, path: PathLike) -> None:
     """Write a split as EasyNLP's script does, byte for byte: pandas' ``to_csv(sep="\\t",
     index=False)``, which quotes a review holding a ``"`` (and doubles the quotes inside).
     EasyNLP's later stages, and metakd's readers, take those quotes as part of the text."""
-    _require_columns(df, SPLIT_COLUMNS, path)
+    require_columns(df, SPLIT_COLUMNS, path)
     with atomic_open(path) as f:
         df[list(SPLIT_COLUMNS)].to_csv(f, sep="\t", index=False)
 
@@ -436,14 +319,9 @@ def read_split_tsv(path: PathLike, domains: Optional[Sequence[str]] = None) -> p
       UserError: naming file and line for a bad header, a wrong number of fields, an unknown
         sentiment, an empty review or domain.
     """
-    df = _read_tsv(path, SPLIT_COLUMNS)
+    df = read_tsv(path, SPLIT_COLUMNS)
     _validate_split_rows(df, path, domains)
     return df
-
-
-def make_guids(split: str, n: int) -> List[str]:
-    """Deterministic example ids: ``train-000000``, ``train-000001``, ..."""
-    return [f"{split}-{i:06d}" for i in range(n)]
 
 
 def split_to_standard(df: pd.DataFrame, split: str,
@@ -465,95 +343,16 @@ def split_to_standard(df: pd.DataFrame, split: str,
     })
 
 
-def _format_weight(value: object, path: PathLike, line: int) -> str:
-    try:
-        w = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise UserError(f"weight {value!r} is not a number", path=path, line=line) from None
-    if not math.isfinite(w):
-        raise UserError(f"weight {w!r} is not finite", path=path, line=line)
-    return repr(w)  # shortest text that reads back as the same float64
+class SentiProcessor(Processor):
+    """Where the SENTI files live and what their labels and domains are."""
 
-
-def write_standard_tsv(df: pd.DataFrame, path: PathLike) -> None:
-    """Write a frame in the standard schema (guid text_a text_b label domain weight), atomically.
-
-    Weights are written with ``repr`` so they read back bit-identical.
-    """
-    _require_columns(df, STANDARD_COLUMNS, path)
-    rows = []
-    for i, row in enumerate(df[list(STANDARD_COLUMNS)].itertuples(index=False, name=None)):
-        line = i + 2
-        fields = [_check_field(v, c, path, line) for v, c in zip(row[:5], STANDARD_COLUMNS)]
-        guid, text_a, _, label, domain = fields
-        if guid == "" or text_a == "":
-            raise UserError(f"empty {'guid' if guid == '' else 'text_a'}", path=path, line=line)
-        _check_choice(label, "label", None, path, line)
-        _check_choice(domain, "domain", None, path, line)
-        rows.append(fields + [_format_weight(row[5], path, line)])
-    _write_tsv(rows, STANDARD_COLUMNS, path)
-
-
-def read_standard_tsv(path: PathLike, labels: Optional[Sequence[str]] = None,
-                      domains: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """Read a standard-schema TSV; ``weight`` comes back as float64, the rest as str.
-
-    A 6th header column named ``embeddings`` (EasyNLP's ``dev_standard.tsv``) is read as
-    ``weight``, as EasyNLP does. ``text_b`` is taken as is (EasyNLP writes the string ``None``
-    in its training files; metakd leaves it empty).
-
-    Args:
-      labels, domains: if given, values outside them are errors.
-    Raises:
-      UserError: naming file and line for a bad header, a wrong number of fields, an empty or
-        duplicate guid, an empty text_a, an unknown label or domain, a weight that is not a
-        finite float.
-    """
-    df = _read_tsv(path, STANDARD_COLUMNS, header_aliases={"embeddings": "weight"})
-    weights = []
-    seen: Dict[str, int] = {}
-    for i, (guid, text_a, label, domain, weight) in enumerate(
-            zip(df["guid"], df["text_a"], df["label"], df["domain"], df["weight"])):
-        line = i + 2
-        if guid == "":
-            raise UserError("empty guid", path=path, line=line)
-        if guid in seen:
-            raise UserError(f"guid {_clip(guid)} already used on line {seen[guid]}", path=path,
-                            line=line)
-        seen[guid] = line
-        if text_a == "":
-            raise UserError("empty text_a", path=path, line=line)
-        _check_choice(label, "label", labels, path, line)
-        _check_choice(domain, "domain", domains, path, line)
-        try:
-            w = float(weight)
-        except ValueError:
-            raise UserError(f"weight {_clip(weight)} is not a number", path=path, line=line) from None
-        if not math.isfinite(w):
-            raise UserError(f"weight {_clip(weight)} is not finite", path=path, line=line)
-        weights.append(w)
-    df["weight"] = pd.Series(weights, index=df.index, dtype="float64")
-    return df
-
-
-class SentiProcessor:
-    """Where the SENTI files live and what their labels and domains are (BERT-style processor)."""
-
+    task = "senti"
     labels: Tuple[str, ...] = SENTI_LABELS
     domains: Tuple[str, ...] = SENTI_DOMAINS
-    splits: Tuple[str, ...] = ("train", "dev", "test")
+    split_domains = None  # read_split takes any domain (the standard split checks them)
 
-    def split_path(self, data_dir: PathLike, split: str) -> Path:
-        if split not in self.splits:
-            raise UserError(f"unknown split {split!r}; allowed: {', '.join(self.splits)}")
-        return Path(data_dir) / f"{split}.tsv"
+    def read_split_file(self, path: PathLike, domains: Optional[Sequence[str]]) -> pd.DataFrame:
+        return read_split_tsv(path, domains=domains)
 
-    def read_split(self, data_dir: PathLike, split: str) -> pd.DataFrame:
-        return read_split_tsv(self.split_path(data_dir, split))
-
-    def standard_split(self, path: PathLike, split: str) -> pd.DataFrame:
-        """A split file as a standard frame (single sentences, weight 0)."""
-        return split_to_standard(read_split_tsv(path, domains=self.domains), split)
-
-    def read_standard(self, path: PathLike) -> pd.DataFrame:
-        return read_standard_tsv(path, labels=self.labels)
+    def to_standard(self, df: pd.DataFrame, split: str) -> pd.DataFrame:
+        return split_to_standard(df, split)

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from metakd.fileio import atomic_dir
+from metakd.infra.fileio import atomic_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -274,7 +274,7 @@ def make_tiny_bert(folder: PathLike, num_layers: int, hidden_size: int = 64, num
     ``model.safetensors`` (float32, ``BertModel`` names without prefix). The folder appears
     complete or not at all.
     """
-    from metakd.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
+    from metakd.infra.fileio import save_safetensors as save_file  # a full disk: an OSError naming the file
 
     vocab = tiny_vocab(vocab_words)
     config = tiny_bert_config(len(vocab), num_layers, hidden_size, num_heads, intermediate_size,
@@ -374,7 +374,7 @@ def make_synthetic_table(rows_per_class: int = 40, seed: int = 0) -> pd.DataFram
 
 def write_synthetic_table(path: PathLike, rows_per_class: int = 40, seed: int = 0) -> Path:
     """:func:`make_synthetic_table` as a CSV file (``.csv``: quoted where needed) or TSV, atomically."""
-    from metakd.fileio import atomic_open
+    from metakd.infra.fileio import atomic_open
 
     path = Path(path)
     df = make_synthetic_table(rows_per_class, seed)
@@ -386,7 +386,7 @@ def write_synthetic_table(path: PathLike, rows_per_class: int = 40, seed: int = 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m metakd.data.synthetic --table FILE``: the generated table of TASK=tsv's worked
     example, and tiny random BERTs whose vocabulary holds its words."""
-    from metakd.errors import cli_main
+    from metakd.infra.entry import cli_main
 
     return cli_main(_main)(argv)
 
@@ -395,7 +395,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     import argparse
 
     from metakd.cli import Parser
-    from metakd.errors import UserError
+    from metakd.infra.errors import UserError
 
     p = Parser(prog="python -m metakd.data.synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                description="Write a synthetic multi-domain table for TASK=tsv (3 products x 3 categories of "

@@ -13,7 +13,7 @@ order; they go into ``task.json`` and from there into every checkpoint's ``confi
 Either the user gives train, dev and test files, or one file is split, stratified by
 domain x label with a seed: in each stratum of ``n`` rows, ``floor(TEST_FRACTION n + 0.5)`` go
 to test and ``floor(DEV_FRACTION n + 0.5)`` to dev (see
-:func:`metakd.data.tasks.stratified_partition`), the rest to train.
+:func:`metakd.data.sampling.stratified_partition`), the rest to train.
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
-from metakd.data import senti
-from metakd.data.tasks import PAIR_SPLIT_COLUMNS, check_domain_name, stratified_partition, take_portion
-from metakd.errors import UserError
+from metakd.data.sampling import stratified_partition, take_portion
+from metakd.data.senti import normalise_text
+from metakd.data.tsv import FORBIDDEN, PAIR_SPLIT_COLUMNS, check_domain_name, clip, decode
+from metakd.infra.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,7 +56,7 @@ class Columns:
 
 def _missing_column(name: str, role: str, header: Sequence[str], path: Path) -> UserError:
     var = _COLUMN_VARIABLES[role]
-    return UserError(f"no column {senti._clip(name)} (the file's columns: {', '.join(header)}); set {var} "
+    return UserError(f"no column {clip(name)} (the file's columns: {', '.join(header)}); set {var} "
                      f"(--{var.lower().replace('_', '-')}) to the name of the {role.replace('_', ' ')} column",
                      path=path, line=1)
 
@@ -78,9 +79,7 @@ def read_table(path: PathLike, columns: Columns) -> pd.DataFrame:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read: {e.strerror or e}", path=path) from None
-    text = senti._decode(data, path)
-    if text.startswith("\ufeff"):  # Excel's UTF-8 files start with a BOM; it is not part of the header
-        text = text[1:]
+    text = decode(data, path)  # Excel's UTF-8 files start with a BOM: decode drops it
     is_csv = path.suffix.lower() == ".csv"
     kind = "CSV" if is_csv else "TSV"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if is_csv else "\t",
@@ -99,7 +98,7 @@ def read_table(path: PathLike, columns: Columns) -> pd.DataFrame:
     header = [h.strip() for h in rows[0][1]]
     if len(set(header)) != len(header):
         dup = next(h for h in header if header.count(h) > 1)
-        raise UserError(f"the header names column {senti._clip(dup)} twice; rename one", path=path, line=rows[0][0])
+        raise UserError(f"the header names column {clip(dup)} twice; rename one", path=path, line=rows[0][0])
     at = {}
     for role, name in columns.as_dict().items():
         if role == "text_b" and not name:
@@ -115,20 +114,20 @@ def read_table(path: PathLike, columns: Columns) -> pd.DataFrame:
         if len(row) != len(header):
             raise UserError(f"expected {len(header)} {'comma' if is_csv else 'TAB'}-separated fields (as the header), "
                             f"found {len(row)}", path=path, line=line)
-        a = senti.normalise_text(row[at["text"]])
+        a = normalise_text(row[at["text"]])
         if not a:
-            raise UserError(f"empty text in column {senti._clip(columns.text)}; fill it in or delete the row",
+            raise UserError(f"empty text in column {clip(columns.text)}; fill it in or delete the row",
                             path=path, line=line)
-        b = senti.normalise_text(row[at["text_b"]]) if "text_b" in at else ""
+        b = normalise_text(row[at["text_b"]]) if "text_b" in at else ""
         label, domain = row[at["label"]].strip(), row[at["domain"]].strip()
         for value, role in ((label, "label"), (domain, "domain")):
             name = getattr(columns, role)
             if not value:
-                raise UserError(f"empty {role} in column {senti._clip(name)}; fill it in or delete the row",
+                raise UserError(f"empty {role} in column {clip(name)}; fill it in or delete the row",
                                 path=path, line=line)
-            bad = next((what for ch, what in senti._FORBIDDEN.items() if ch in value), None)
+            bad = next((what for ch, what in FORBIDDEN.items() if ch in value), None)
             if bad:
-                raise UserError(f"the {role} {senti._clip(value)} contains {bad}; labels and domains are one-line names",
+                raise UserError(f"the {role} {clip(value)} contains {bad}; labels and domains are one-line names",
                                 path=path, line=line)
         check_domain_name(domain, path, line)
         records.append((a, b, label, domain, line))
@@ -142,7 +141,7 @@ def names_of(train: pd.DataFrame, path: PathLike) -> Tuple[List[str], List[str]]
     labels, domains = sorted(set(train["label"])), sorted(set(train["domain"]))
     for what, values in (("label", labels), ("domain", domains)):
         if len(values) < 2:
-            found = f"only {what} {senti._clip(values[0])}" if values else f"no {what}"
+            found = f"only {what} {clip(values[0])}" if values else f"no {what}"
             raise UserError(f"the training rows have {found}; Meta-KD needs at least 2 labels and 2 domains",
                             path=path)
     return labels, domains
@@ -155,7 +154,7 @@ def check_known(df: pd.DataFrame, labels: Sequence[str], domains: Sequence[str],
         bad = df[~df[what].isin(known)]
         if len(bad):
             row = bad.iloc[0]
-            raise UserError(f"{what} {senti._clip(row[what])} does not occur in the training rows (their {what}s: "
+            raise UserError(f"{what} {clip(row[what])} does not occur in the training rows (their {what}s: "
                             f"{', '.join(known)}); {fix}", path=path, line=int(row["line"]))
 
 
@@ -175,13 +174,13 @@ def split_table(df: pd.DataFrame, path: PathLike, dev_fraction: float = DEV_FRAC
         if empty:
             n = sum(counts.values())
             raise UserError(
-                f"domain {senti._clip(domain)} has {n} row(s), too few to split into train/dev/test at DEV_FRACTION "
+                f"domain {clip(domain)} has {n} row(s), too few to split into train/dev/test at DEV_FRACTION "
                 f"{dev_fraction} and TEST_FRACTION {test_fraction} ({' and '.join(empty)} would get none); give it "
                 "more rows, raise the fractions, or give TRAIN_FILE, DEV_FILE and TEST_FILE", path=path)
     labels = set(splits["train"]["label"])
     for label in sorted(set(df["label"]) - labels):
         n = int((df["label"] == label).sum())
-        raise UserError(f"label {senti._clip(label)} has {n} row(s), too few to leave one for training after the "
+        raise UserError(f"label {clip(label)} has {n} row(s), too few to leave one for training after the "
                         "dev/test split; give it more rows or leave it out", path=path)
     return {k: v.reset_index(drop=True) for k, v in splits.items()}
 

@@ -1,16 +1,15 @@
-"""User-facing errors: one line naming the file, what is wrong and how to fix it; exit code 2."""
+"""User-facing errors: one line naming the file, what is wrong and how to fix it; exit code 2.
+
+A leaf: it imports nothing of metakd, so every module can raise a UserError (the entry points print
+it through :func:`metakd.infra.entry.cli_main`)."""
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import re
-import sys
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 EXIT_USER_ERROR = 2
-
-F = TypeVar("F", bound=Callable[..., int])
 
 
 class UserError(Exception):
@@ -68,35 +67,11 @@ def os_error_of(e: BaseException) -> Optional[OSError]:
     return OSError(int(m.group(2)), m.group(1).strip() or os.strerror(int(m.group(2)))) if m else None
 
 
-def cli_main(func: F) -> F:
-    """Wrap an entry point: a UserError becomes ``error: ...`` on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            import metakd
-
-            metakd.started()  # Ctrl-C from here on: KeyboardInterrupt, handled below
-            return func(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-        except Exception as raised:
-            e = os_error_of(raised)
-            fix = _OS_FIXES.get(e.errno) if e is not None else None
-            if fix is None or os.environ.get("METAKD_DEBUG") == "1":  # METAKD_DEBUG=1: the traceback
-                raise
-            where = f"{e.filename}: " if e.filename else ""
-            print(f"error: {one_line(where + (e.strerror or str(e)))}; {fix}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            from metakd import INTERRUPTED
-
-            print(INTERRUPTED, file=sys.stderr)
-            sys.exit(130)
-        finally:
-            from metakd.fileio import release_claims  # output folders locked by this entry point
-
-            release_claims()
-
-    return wrapper  # type: ignore[return-value]
+def os_error_message(raised: BaseException) -> Optional[str]:
+    """The one line for an output problem the user fixes (``where: what; fix``), None for another error."""
+    e = os_error_of(raised)
+    fix = _OS_FIXES.get(e.errno) if e is not None else None
+    if fix is None:
+        return None
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{one_line(where + (e.strerror or str(e)))}; {fix}"

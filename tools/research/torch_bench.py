@@ -1,4 +1,4 @@
-"""The naive path in PyTorch eager, for the issue's yardstick ("faster than the same algorithm in
+"""The naive path in PyTorch eager, the yardstick of docs/results.md ("faster than the same algorithm in
 PyTorch eager on the same machine"): per-step cost of each stage with Hugging Face BERT, every
 batch padded to 128, the teacher run live at every distillation step; PyTorch uses all cores
 (its default threads) and its default attention (SDPA; eager where stage 1 needs the maps).
@@ -6,7 +6,7 @@ batch padded to 128, the teacher run live at every distillation step; PyTorch us
 Needs PyTorch and transformers, which metakd does not (a separate environment, e.g. Python 3.11):
 
     python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 'transformers<5'
-    /tmp/torchenv/bin/python tools/torch_bench.py --json out/speed/torch.json
+    /tmp/torchenv/bin/python tools/research/torch_bench.py --json out/speed/torch.json
     python tools/before_after.py --run out/real2 --data data/SENTI --before out/speed/torch.json
 
 The JSON has metakd.bench's layout (``stages.<name>.ms_per_step``), so ``before_after.py``

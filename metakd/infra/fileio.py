@@ -13,8 +13,7 @@ A killed run leaves at most hidden ``.<name>.*.tmp`` siblings behind, never a da
 :func:`remove_stale` deletes them (the trainer does, under its output lock).
 Outputs get ordinary permissions (0666/0777 minus the umask), not the 0600/0700 of temp files.
 
-:func:`output_lock` / :func:`claim` keep two processes from writing one output at once (an
-exclusive ``flock`` on ``.<name>.lock`` beside it, released even when the holder is killed).
+Two processes writing one output at once are kept apart by :mod:`metakd.infra.locks`.
 """
 from __future__ import annotations
 
@@ -22,8 +21,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -31,6 +30,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Union
+
+from metakd.infra.errors import UserError, os_error_of
 
 PathLike = Union[str, os.PathLike]
 
@@ -124,8 +125,6 @@ def check_writable(path: PathLike, folder: bool = False) -> None:
     """Before any work: a file (or, ``folder=True``, a folder) can later be written at ``path``: nothing
     in the way and its parent folder can be created and written. A problem is a UserError naming
     ``path``, so a long run does not fail only at its end. Creates missing parent folders."""
-    from metakd.errors import UserError
-
     path = Path(path)
     if not folder and path.is_dir():
         raise UserError("is a folder; give a file name for this output", path)
@@ -149,8 +148,6 @@ def save_safetensors(tensors: Dict[str, Any], path: PathLike, metadata: Optional
     (safetensors raises its own exception type with the errno only in its text)."""
     from safetensors.numpy import save_file
 
-    from metakd.errors import os_error_of
-
     try:
         save_file(tensors, str(path), metadata=metadata)
     except Exception as raised:
@@ -164,8 +161,6 @@ def read_json_object(path: PathLike, missing: str = "file not found",
                      damaged_fix: str = "the file is damaged, copy or re-create it",
                      expected: str = "expected a JSON object") -> Dict[str, Any]:
     """A JSON object from ``path``; a missing, unreadable or non-object file is a UserError."""
-    from metakd.errors import UserError
-
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -176,6 +171,23 @@ def read_json_object(path: PathLike, missing: str = "file not found",
     if not isinstance(d, dict):
         raise UserError(expected, path)
     return d
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_file(src: PathLike, dest: PathLike) -> Path:
+    """Copy one file to ``dest`` atomically (:func:`atomic_open`): ``dest`` is the old file or the whole copy."""
+    dest = Path(dest)
+    with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return dest
 
 
 def write_json(path: PathLike, obj: Any) -> None:
@@ -329,8 +341,6 @@ def atomic_files(folder: PathLike) -> Iterator[Path]:
     the instant between the renames could mix the sets."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    from metakd.errors import UserError
-
     for old in folder.glob(".staging.*.tmp"):  # left by a killed run; harmless, but not forever
         shutil.rmtree(old, ignore_errors=True)
     try:
@@ -354,90 +364,3 @@ def atomic_files(folder: PathLike) -> Iterator[Path]:
         _fsync_dir(folder)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------ output locks
-
-# Locks this process holds: lock file -> [open file, depth]. A flock belongs to an open file, so a
-# second open() of the same lock file in this process would wrongly block: nesting is counted.
-_HELD_LOCKS: Dict[str, list] = {}
-_CLAIMS: List[str] = []
-
-
-def lock_path(out: PathLike) -> Path:
-    out = Path(out)
-    return out.parent / f".{out.name}.lock"
-
-
-def _acquire(out: PathLike) -> str:
-    from metakd.errors import UserError
-
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output's parent folder: {e.strerror or e}", out.parent) from None
-    path = lock_path(out)
-    key = str(path.parent.resolve() / path.name)
-    if key in _HELD_LOCKS:
-        _HELD_LOCKS[key][1] += 1
-        return key
-    try:
-        f = open(path, "a+", encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot create the lock file ({e.strerror or e}); is the output folder writable?", path) from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise UserError(f"cannot lock the output folder ({e.strerror or e})", path) from None
-        raise UserError("another metakd run" + (f" (process {holder})" if holder.isdigit() else "") + " is writing "
-                        "this output folder right now; wait for it to finish or choose another output folder",
-                        out) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    _HELD_LOCKS[key] = [f, 1]
-    return key
-
-
-def _release(key: str) -> None:
-    entry = _HELD_LOCKS.get(key)
-    if entry is None:
-        return
-    entry[1] -= 1
-    if entry[1] <= 0:
-        del _HELD_LOCKS[key]
-        with contextlib.suppress(OSError):
-            entry[0].seek(0)
-            entry[0].truncate()
-        fcntl.flock(entry[0], fcntl.LOCK_UN)
-        entry[0].close()  # the lock file stays: deleting it would let two runs lock different files
-
-
-@contextlib.contextmanager
-def output_lock(out: PathLike) -> Iterator[None]:
-    """One writer per output: a second process that asks for the same output gets a UserError.
-
-    An exclusive ``flock`` on ``.<name>.lock`` beside the output, released on exit or when the
-    process dies (even by SIGKILL). Re-entrant within one process.
-    """
-    key = _acquire(out)
-    try:
-        yield
-    finally:
-        _release(key)
-
-
-def claim(out: PathLike) -> None:
-    """Take the output lock until :func:`release_claims` (``cli_main`` calls it) or process exit."""
-    _CLAIMS.append(_acquire(out))
-
-
-def release_claims() -> None:
-    while _CLAIMS:
-        _release(_CLAIMS.pop())

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import http.client
 import os
-import shutil
 import tarfile
 import tempfile
 import time
@@ -26,8 +24,8 @@ from typing import Optional, Union
 
 from tqdm import tqdm
 
-from metakd.errors import UserError
-from metakd.fileio import atomic_dir
+from metakd.infra.errors import UserError
+from metakd.infra.fileio import atomic_dir, sha256_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,18 +57,9 @@ def _safe_name(piece: str) -> str:
     return "".join(c if (c.isalnum() or c in "-_.&+@=") else "_" for c in piece)
 
 
-def sha256_of(path: PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_sha256(path: Path, shown: Path, sha256: str, url: str) -> None:
     """Compare the digest of ``path``; errors name ``shown`` (the file's final name)."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != sha256.lower():
         raise UserError(
             f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; "
@@ -149,7 +138,7 @@ def fetch(url: str, cache_dir: PathLike, sha256: Optional[str] = None, retries: 
     """
     path = cache_path(url, cache_dir)
     if path.is_file():
-        if sha256 is None or sha256_of(path) == sha256.lower():
+        if sha256 is None or sha256_file(path) == sha256.lower():
             return path
         # A stale or damaged cached copy: fetch it again rather than fail outright.
     try:
@@ -314,20 +303,5 @@ def _is_tarfile(path: Path) -> bool:
     return False
 
 
-def copy_into(src: PathLike, dest: PathLike) -> Path:
-    """Copy one file to ``dest`` through a temporary name (used to place cached files)."""
-    src, dest = Path(src), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return dest
-
-
-__all__ = ["DownloadError", "fetch", "cache_path", "sha256_of", "url_status", "extract_archive",
-           "archive_stem", "is_archive", "copy_into"]
+__all__ = ["DownloadError", "fetch", "cache_path", "url_status", "extract_archive",
+           "archive_stem", "is_archive"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The "before" of docs/results.md: the real one-genre run (as tools/real_run.sh) on the naive path,
-# the pipeline with none of the speed work of issue #5. That is commit 228d8e8 (the last before the
-# speed commits) with tools/naive_path.patch, which takes out what the first code already had
+# the pipeline with none of its speed work: the code at BEFORE_COMMIT (228d8e8, which has none of the
+# speed work) with tools/research/naive_path.patch, which takes out what that code already had
 # (the matmul LayerNorm, trimmed batches, length-bucketed inference, stage 2's cached teacher
 # logits): OneFlow's own LayerNorm, every batch padded to 128, the frozen teacher run at every
 # distillation step, one process.
@@ -14,9 +14,9 @@
 # then evaluates chain a's teacher (with chain b's student) on the test split. Each script's wall
 # time and peak RSS go to $OUT/{a,b}/out/stage_times.tsv; before_after.py --before-run reads them.
 #
-#   AFTER_OUT=out/real2 AFTER_DATA=data/SENTI bash tools/before_run.sh
+#   AFTER_OUT=out/real2 AFTER_DATA=data/SENTI bash tools/research/before_run.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT="$(pwd)"
 BEFORE_COMMIT="${BEFORE_COMMIT:-228d8e8}"
 AFTER_OUT="${AFTER_OUT:?set AFTER_OUT to a finished tools/real_run.sh OUT_DIR (chain b distils its meta_teacher)}"
@@ -32,7 +32,7 @@ for chain in a b; do
   tree="$OUT/$chain"
   [ -d "$tree" ] && { echo "error: $tree exists; remove it (git worktree remove --force $tree) to run again" >&2; exit 2; }
   git worktree add -q --detach "$tree" "$BEFORE_COMMIT"
-  git -C "$tree" apply "$ROOT/tools/naive_path.patch"
+  git -C "$tree" apply "$ROOT/tools/research/naive_path.patch"
 done
 mkdir -p "$OUT/b/data" "$OUT/b/out"
 cp -r "$AFTER_DATA" "$OUT/b/data/SENTI"

@@ -2,7 +2,7 @@
 soft cross-entropy against fixed teacher logits, AdamW), eager vs nn.Graph, on one batch of the
 real reviews' shape (8 x 128, about 80% real tokens).
 
-    python tools/graph_probe.py [--student ../shared/models/paraphrase-MiniLM-L3-v2] [--iters 5]
+    python tools/research/graph_probe.py [--student ../shared/models/paraphrase-MiniLM-L3-v2] [--iters 5]
 
 Prints: eager padded, eager unpadded (what the pipeline runs), graph compile time, graph step,
 and peak RSS. nn.Graph compiles for one static shape, so in the pipeline every new batch width

@@ -3,7 +3,7 @@ class probabilities on three reviews, with the custom head (trust_remote_code) a
 Runs OUTSIDE the project environment (torch and transformers are not dependencies), e.g.
 
     python3 -m venv /tmp/hfenv && /tmp/hfenv/bin/pip install torch==2.13.0 transformers safetensors numpy
-    /tmp/hfenv/bin/python tools/hf_export_check.py export/books-student
+    /tmp/hfenv/bin/python tools/research/hf_export_check.py export/books-student
 
 and compare with `python -m metakd.predict --model <the source folder>` on the same three texts.
 """
