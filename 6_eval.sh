@@ -6,12 +6,12 @@ cd "$(dirname "$0")" && source tools/common.sh
 GENRE="${GENRE:-books}"                   # a genre, or all
 TASK="${TASK:-senti}"                     # senti | mnli | tsv: the same TASK as 1_get_data.sh
 DATA_DIR="${DATA_DIR:-data/${TASK^^}}"    # data/SENTI, data/MNLI or data/TSV
-OUT_DIR="${OUT_DIR:-out}"
+OUT_DIR="${OUT_DIR:-out}"                                   # where the models and reports go
 TEACHER_DIR="${TEACHER_DIR:-$OUT_DIR/meta_teacher}"  # the teacher shown for reference
 NO_TEACHER="${NO_TEACHER:-0}"             # 1: the student only (e.g. the student alone, with no teacher trained)
 STUDENT_DIR="${STUDENT_DIR:-}"            # one genre: evaluate this folder instead of GENRE/meta_student_finetune
 SPLIT="${SPLIT:-test}"                    # test | dev
-DEVICE="${DEVICE:-auto}"
+DEVICE="${DEVICE:-auto}"                                    # auto (CUDA when OneFlow sees a GPU) | cpu | cuda | cuda:N (GPU N)
 CPU_KERNELS="${CPU_KERNELS:-}"                              # on CPU: numpy (faster) or oneflow (as on CUDA); empty: numpy, or METAKD_CPU_MATMUL's
 
 flags=()

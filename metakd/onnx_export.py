@@ -27,7 +27,9 @@ What the export needs, each measured with OneFlow 0.9 / oneflow-onnx 0.6.2 / onn
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import tempfile
 from pathlib import Path
 from typing import Dict, List
@@ -59,7 +61,7 @@ def _import_converter():
 def export_logits(model, path: Path, batch: int, seq: int, opset: int = 13) -> None:
     """Trace ``model`` (a MetaBert on CPU; it is changed for tracing: use a fresh copy) to ``path``."""
     from metakd import bert, cpu
-    from metakd.runtime import flow
+    from metakd.runtime import _fd2_silenced, flow
 
     onnx, optimizer, export_onnx_model = _import_converter()
 
@@ -83,13 +85,19 @@ def export_logits(model, path: Path, batch: int, seq: int, opset: int = 13) -> N
                            flow.zeros(n, seq, dtype=flow.int64)]
         with flow.no_grad():  # eager once: LayerNorm makes its constants (one row: they do not depend on it)
             model(*dummy(1), compat="easynlp", logits_only=True)
-        graph = LogitsGraph(model)
+        # Without a usable GPU, OneFlow's nn.Graph constructor asks the CUDA runtime for its version
+        # and prints "Failed to get cuda runtime version" (a glog ERROR) straight to fd 2; harmless
+        # on a CPU export, so it is not shown. With a GPU nothing is hidden.
+        with contextlib.nullcontext() if flow.cuda.is_available() else _fd2_silenced():
+            graph = LogitsGraph(model)
         # the job is all the converter reads; running the graph would first allocate every activation of
         # the traced batch (OneFlow's CPU plan: about 1.2 GB per 768-wide layer at 64 x 128)
         graph.build_graph(*dummy(batch))
         with tempfile.TemporaryDirectory() as weights:
             flow.save({**graph.state_dict(), **_free_eager_tensors(graph, model)}, weights)
-            export_onnx_model(graph, opset=opset, flow_weight_dir=weights, onnx_model_path=str(path))
+            # (its progress lines name a temporary file that is gone when the export reports)
+            with contextlib.redirect_stdout(io.StringIO()):
+                export_onnx_model(graph, opset=opset, flow_weight_dir=weights, onnx_model_path=str(path))
     finally:
         bert.LayerNorm.native_on_cpu = saved_native
         optimizer._optimizers.clear()

@@ -121,6 +121,10 @@ def main(argv=None) -> int:
         raise UserError("is a folder; give a file name for the predictions", a.output)
     from metakd.checkpoint import check_model_folder, read_metakd_info
 
+    if not Path(a.model).exists():  # (checkpoint's own message is about pretrained inputs: FETCH_MODELS)
+        raise UserError("model folder not found; give a folder a training script wrote, e.g. "
+                        "OUT_DIR/GENRE/meta_student_finetune (after the quick start: "
+                        "out/synthetic/books/meta_student_finetune)", a.model)
     check_model_folder(a.model, metakd=True)
     info = read_metakd_info(a.model)
     labels = [str(x) for x in info.get("labels", [])]

@@ -1,8 +1,8 @@
-"""Bad inputs, one table (issue 15, "Robustness, second pass"): each case is an input a user can
+"""Bad inputs, one table: each case is an input a user can
 give, the one-line message it must produce, exit code 2, and every earlier output (a whole tiny
 pipeline's data, models and results) byte-identical afterwards.
 
-Classes (the issue's numbers): 1 writers outside training, 2 output sets, 3 a full disk while
+Classes: 1 writers outside training, 2 output sets, 3 a full disk while
 saving (here: the real writers under ``ulimit -f``, no root needed), 4 numeric options, 5
 argparse's own errors, 7 model folders, 8 messages naming the right fix, and the ones found
 beyond them. Ctrl-C (6) is in test_signals.py, the optimizer checksum (9) in
@@ -176,17 +176,17 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
     assert expected in lines[0], lines[0]
     assert world.snapshot() == before, "an earlier output changed"
-    assert _readme_lists(lines[0]), f"README.md's table of messages has no template for: {lines[0]}"
+    assert _documented(lines[0]), f"docs/errors.md's table of messages has no template for: {lines[0]}"
 
 
-def _readme_lists(line: str) -> bool:
+def _documented(line: str) -> bool:
     import importlib.util
 
     if "em" not in _CACHE:
         spec = importlib.util.spec_from_file_location("error_messages", ROOT / "tools" / "error_messages.py")
         em = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(em)
-        block = em.readme_block((ROOT / "README.md").read_text(encoding="utf-8")) or ""
+        block = em.table_block((ROOT / "docs" / "errors.md").read_text(encoding="utf-8")) or ""
         rows = [r.split(" | ")[0][3:-1].replace("\\|", "|") for r in block.splitlines() if r.startswith("| `")]
         _CACHE["em"], _CACHE["rows"] = em, rows
     return _CACHE["em"].covering_template(line, _CACHE["rows"]) is not None

@@ -208,16 +208,23 @@ def test_compare_sh_lists_every_method():
     assert all(f" {m}" in header.replace("\n#", " ") for m in METHODS)
 
 
-def test_compare_real_phases_name_known_methods():
-    """tools/compare_real.sh runs for hours: a misspelt method would only fail when its phase comes."""
+def test_compare_real_groups_name_known_methods():
+    """tools/compare_real.sh runs for hours: a misspelt method would only fail when its group comes."""
     import re
 
     text = (ROOT / "tools" / "compare_real.sh").read_text()
     named = {m for group in re.findall(r"METHODS=([\w,.-]+)", text) for m in group.split(",")}
     assert len(named) > 10 and named <= set(METHODS), named - set(METHODS)
-    default = re.search(r'PHASES="\$\{PHASES:-([^}]*)\}"', text).group(1).split()
-    cases = re.findall(r"^\s+([\w|]+)\)", text, flags=re.M)
-    assert set(default) <= {p for c in cases for p in c.split("|")}
+    default = re.search(r'PARTS="\$\{PARTS:-([^}]*)\}"', text).group(1).split()
+    cases = {p for c in re.findall(r"^\s+([\w|]+)\)", text, flags=re.M) for p in c.split("|")}
+    known = set(re.search(r'KNOWN=" ([^"]*) "', text).group(1).split())
+    assert set(default) <= cases and known == cases, (known ^ cases)
+
+
+def test_compare_real_refuses_an_unknown_group_before_running_any(tmp_path):
+    p = subprocess.run(["bash", "tools/compare_real.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PARTS="answer ablation", METAKD_PYTHON=str(tmp_path / "absent")))
+    assert p.returncode == 2 and "unknown group ablation" in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
 # ------------------------------------------------------------------ errors

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -153,3 +154,53 @@ def test_get_data_script_on_real_reviews(tmp_path):
         "dev": {"books": 170, "dvd": 194, "electronics": 172, "kitchen": 184},
         "test": {"books": 199, "dvd": 185, "electronics": 213, "kitchen": 203},
     }
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def readme_student_commands() -> list:
+    """The commands of the README's "Using the student" section: its ```sh blocks, one command a line."""
+    blocks = re.findall(r"```sh\n(.*?)```", _readme_section("Using the student"), flags=re.S)
+    return [line for b in blocks for line in b.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.slow
+def test_readme_using_the_student_commands_run_verbatim_after_the_quick_start(quickstart, tmp_path):
+    """The README's predict and export commands, exactly as written, in a folder laid out as the quick start
+    leaves the checkout (its data and out folders, .venv), so the README cannot drift from the code."""
+    tmp, _ = quickstart
+    commands = readme_student_commands()
+    assert len(commands) >= 4 and all(c.startswith(("echo ", ".venv/bin/python ")) for c in commands), commands
+    # the folders the commands name are the ones the quick start writes by default
+    qs = (ROOT / "tools" / "quickstart.sh").read_text()
+    assert 'OUT_DIR="${OUT_DIR:-out/synthetic}"' in qs and 'DATA_DIR="${DATA_DIR:-data/SYNTH}"' in qs
+    assert 'GENRE="${GENRE:-books}"' in qs
+    work = tmp_path / "checkout"
+    (work / "out").mkdir(parents=True)
+    (work / "data").mkdir()
+    (work / "out" / "synthetic").symlink_to(tmp / "out")
+    (work / "data" / "SYNTH").symlink_to(tmp / "data")
+    (work / ".venv").symlink_to(sys.prefix)  # the environment running the tests is the checkout's .venv
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # the package, as `python -m` finds it in the checkout
+    outputs = []
+    for c in commands:
+        p = subprocess.run(["bash", "-c", f"set -euo pipefail; {c}"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, f"{c}\nfailed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+        assert "Traceback" not in p.stderr and "cuda runtime version" not in p.stderr, p.stderr
+        outputs.append(p.stdout)
+    sentence = [o for c, o in zip(commands, outputs) if c.startswith("echo ")][0].splitlines()
+    assert sentence[0] == "row,label,prob_positive,prob_negative" and len(sentence) == 2, sentence
+    assert sentence[1].split(",")[1] in ("positive", "negative")
+    rows = (work / "predictions.csv").read_text().splitlines()
+    n_test = len(pd.read_csv(tmp / "data" / "test.tsv", sep="\t", quoting=3, keep_default_na=False))
+    assert rows[0].startswith("row,label,") and len(rows) == n_test + 1
+    hf = json.loads((work / "export" / "books-student" / "config.json").read_text())
+    assert hf["architectures"] == ["BertForSequenceClassification"] and set(hf["label2id"]) == {"positive", "negative"}
+    assert (work / "export" / "books-student" / "model.safetensors").is_file()
+    assert (work / "export" / "books-onnx" / "model.onnx").is_file()

@@ -1,4 +1,4 @@
-"""Ctrl-C as the README promises: a real SIGINT to a running training gives one message and exit
+"""Ctrl-C as docs/usage.md promises: a real SIGINT to a running training gives one message and exit
 130, and the same command then resumes from the last saved state."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import _np_bert as np_bert
-from _tiny import ROOT, call_main, env, make_checkpoint, tiny
+from _tiny import ROOT, call_main, env, make_checkpoint, run_cli, tiny
 from conftest import SORTED_DATA, STUDENT_DIR, needs_data, needs_models
 
 TEXTS = ["a wonderful book , i loved it", "terrible . broke after two days", "ok"]
@@ -101,6 +101,23 @@ def test_predict_refuses_a_folder_that_is_not_a_metakd_classifier(tmp_path):
     code, _, err = call_main("metakd.predict", ["--model", tiny().student, "--input", src])
     assert code == 2 and "not a metakd checkpoint" in err
 
+
+
+def test_predict_missing_model_names_the_training_output_not_fetch_models(tmp_path):
+    """A missing --model is a path mistake, not a pretrained model to download: no FETCH_MODELS advice."""
+    code, _, err = call_main("metakd.predict", ["--model", tmp_path / "out" / "books" / "meta_student_finetune"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "model folder not found" in err and "meta_student_finetune" in err and "FETCH_MODELS" not in err
+
+
+def test_onnx_export_on_cpu_prints_no_cuda_noise(student, tmp_path):
+    """Without a GPU, OneFlow's nn.Graph prints a glog ERROR about the CUDA runtime to fd 2; the export hides it
+    (and the converter's progress lines, which name a temporary file). Only metakd's own line remains."""
+    p = run_cli("metakd.export", ["--model", student, "--out", tmp_path / "onnx", "--format", "onnx",
+                                  "--batch", "2", "--seq", "16"])
+    assert p.returncode == 0, p.stderr
+    assert "cuda runtime version" not in p.stdout + p.stderr
+    assert "Converting model" not in p.stdout and p.stdout.startswith("wrote "), p.stdout
 
 def test_export_hf_names_config_and_logits(student, tmp_path):
     from safetensors.numpy import load_file

@@ -1,14 +1,33 @@
 # Sourced by the numbered scripts: builds/reuses .venv and defines `run_metakd MODULE ARGS...`.
 # Not meant to be run on its own.
 set -euo pipefail
-# `bash N_script.sh --help`: the script's header and its variables with their defaults, nothing run.
+# `bash N_script.sh --help`: the script's header, its variables with their defaults and, for the scripts
+# that run under OneFlow's launcher, the launcher's variables; nothing is run.
 case "${1:-}" in
   -h|--help)
     sed -n '2,/^cd /p' "$0" | grep '^#' | sed -E 's/^# ?//'
     echo
-    echo "Variables (each can be set in the environment, e.g. GENRE=dvd bash $(basename "$0")):"
+    example="$(grep -Eo '^(GENRE|TASK)=' "$0" | head -1 | tr -d = || true)"
+    case "$example" in GENRE) example="GENRE=dvd" ;; TASK) example="TASK=mnli" ;;
+      *) example="$(grep -Eo '^[A-Z_0-9]+=' "$0" | head -1)..." ;; esac
+    echo "Variables (each can be set in the environment, e.g. $example bash $(basename "$0")):"
     grep -E '^[A-Z_0-9]+="\$\{[A-Z_0-9]+:-' "$0" \
       | sed -E 's/^([A-Z_0-9]+)="\$\{[A-Z_0-9]+:-(.*)\}"[[:space:]]*(#[[:space:]]*)?(.*)$/  \1=\2  \4/'
+    if grep -q '^DISTRIBUTED=1 run_metakd\|[[:space:]]DISTRIBUTED=1 run_metakd' "$0"; then
+      echo
+      echo "Several processes or machines (NPROC > 1 or NNODES > 1 start OneFlow's launcher; the global batch is"
+      echo "BATCH_SIZE x NPROC x NNODES; run the same command on every machine, each with its NODE_RANK):"
+      echo "  NNODES=1  machines taking part"
+      echo "  NODE_RANK=0  this machine's rank, 0 .. NNODES-1"
+      echo "  MASTER_ADDR=127.0.0.1  the address of the machine with NODE_RANK=0"
+      echo "  MASTER_PORT=29500  a free TCP port on that machine"
+    fi
+    echo
+    echo "Environment:"
+    echo "  METAKD_PYTHON=  the Python to run (empty: .venv/bin/python, built or reused by tools/setup_env.sh)"
+    echo "  GLOG_minloglevel=2  OneFlow's log level (0 also shows its info lines)"
+    echo "  METAKD_TF32=0  1: let CUDA multiply float32 matrices in TF32 (faster on Ampere and newer, less exact)"
+    echo "  METAKD_DEBUG=0  1: a Python traceback after an error line"
     exit 0 ;;
   ?*) echo "error: $(basename "$0") takes no arguments; set its variables in the environment (see --help)" >&2; exit 2 ;;
 esac

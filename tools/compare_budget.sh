@@ -10,6 +10,10 @@
 #   kd_mix    plain two-stage KD from the BERT-mix teacher (the paper's own main comparison), and BERT-mix
 #   recipe    RECIPE=teacher_layers (metakd_teacher_layers) and that student alone
 # Resumable: rerun it from the same commit; cells in docs/compare_10x10/cells count as done.
+# Variables (environment; defaults in brackets): PARTS [answer kd_mix recipe], SHARED [../shared], SOURCE,
+# TEACHER_MODEL, STUDENT_MODEL [SHARED's reviews and model pair], RUN_DIR [out/compare_10x10], SEEDS [42,43,44],
+# CELLS_FROM [docs/compare_10x10/cells], and the numbered scripts' (DEVICE [cpu], NPROC [2], BATCH_SIZE [8],
+# EVAL_EVERY [100], TEACHER_EPOCHS [1], STAGE1_EPOCHS [10], STAGE2_EPOCHS [10], ...).
 set -euo pipefail
 case "${1:-}" in
   -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed -E 's/^# ?//'; exit 0 ;;

@@ -1,13 +1,13 @@
-"""Every error message metakd can print, read from the source, and the README's table of them.
+"""Every error message metakd can print, read from the source, and docs/errors.md's table of them.
 
     python tools/error_messages.py            # print the table
-    python tools/error_messages.py --write    # put it into README.md (between the errors markers)
+    python tools/error_messages.py --write    # put it into docs/errors.md (between the errors markers)
 
 Sources: each ``UserError(...)`` (and its subclasses) in ``metakd/`` (all of it, recursively, so
 files may move), the one-line forms of operating-system errors (``errors._OS_FIXES``), the
 option-error and Ctrl-C lines, and the ``echo "error: ..."`` lines of the numbered scripts and
-``tools/common.sh``. tests/test_error_table.py fails when the README's table is not this one, so a
-new message cannot be added without the README saying it.
+``tools/common.sh``. tests/test_error_table.py fails when docs/errors.md's table is not this one, so a
+new message cannot be added without the documentation saying it.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "docs" / "errors.md"  # the page that holds the table, between BEGIN and END
 BEGIN = "<!-- error-messages: begin (tools/error_messages.py --write) -->"
 END = "<!-- error-messages: end -->"
 GAP = "…"  # a value filled in at run time
@@ -177,14 +178,15 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def readme_block(readme: str) -> Optional[str]:
-    if BEGIN not in readme or END not in readme:
+def table_block(text: str) -> Optional[str]:
+    """The generated table in ``text`` (a page's contents), markers included; None without markers."""
+    if BEGIN not in text or END not in text:
         return None
-    return readme[readme.index(BEGIN):readme.index(END) + len(END)]
+    return text[text.index(BEGIN):text.index(END) + len(END)]
 
 
 def covering_template(line: str, templates: Optional[List[str]] = None) -> Optional[str]:
-    """The template (from the README's table, by default the code's) that a printed ``error: ...``
+    """The template (from the documented table, by default the code's) that a printed ``error: ...``
     line is an instance of; None when there is none."""
     if templates is None:
         templates = [t for t, _ in all_messages()]
@@ -199,20 +201,19 @@ def covering_template(line: str, templates: Optional[List[str]] = None) -> Optio
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help="replace the table in README.md")
+    p.add_argument("--write", action="store_true", help="replace the table in docs/errors.md")
     a = p.parse_args(argv)
     new = table()
     if not a.write:
         print(new)
         return 0
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text(encoding="utf-8")
-    old = readme_block(readme)
+    page = TARGET.read_text(encoding="utf-8")
+    old = table_block(page)
     if old is None:
-        print(f"error: {readme_path}: no {BEGIN} ... {END} markers; add them where the table goes", file=sys.stderr)
+        print(f"error: {TARGET}: no {BEGIN} ... {END} markers; add them where the table goes", file=sys.stderr)
         return 2
-    readme_path.write_text(readme.replace(old, new), encoding="utf-8")
-    print(f"wrote the table ({new.count(chr(10)) - 6} messages) into {readme_path}")
+    TARGET.write_text(page.replace(old, new), encoding="utf-8")
+    print(f"wrote the table ({new.count(chr(10)) - 6} messages) into {TARGET.relative_to(ROOT)}")
     return 0
 
 

@@ -4,6 +4,15 @@
 # random BERTs, through the six scripts with TASK=tsv; ends with the results table. Offline, a minute or
 # two on a laptop CPU. Writes data/tickets.csv, data/TSV, models/tickets/tiny-*, out/tickets.
 # For real data: replace the CSV, the column names and the models; keep the rest.
+#
+#   bash tools/own_data_example.sh
+#
+# Variables (environment; defaults in brackets): TABLE [data/tickets.csv], ROWS_PER_CLASS [60 rows per
+# product and kind], DATA_DIR [data/TSV], MODELS_DIR [models/tickets], OUT_DIR [out/tickets], GENRE [phone],
+# DEVICE [auto], MAX_SEQ_LENGTH [32], TEACHER_EPOCHS [8], TEACHER_LR [1e-3], STAGE1_EPOCHS [5],
+# STAGE1_LR [3e-3], STAGE2_EPOCHS [10], STAGE2_LR [3e-3], EVAL_EVERY [0], DOMAIN_LOSS_WEIGHT [0.1],
+# METAKD_PYTHON [.venv/bin/python]; other variables of the numbered scripts pass through to them.
+source "$(dirname "$0")/tool_help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TABLE="${TABLE:-data/tickets.csv}"

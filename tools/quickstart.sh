@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Quick start: the whole pipeline (1 -> 6) on a tiny synthetic multi-domain dataset with tiny random
-# BERTs, offline, in a few minutes on a laptop CPU. Writes data/SYNTH, models/tiny-*, out/synthetic.
+# BERTs, offline, in a few minutes on a laptop CPU. Writes data/SYNTH, models/tiny-*, out/synthetic;
+# the student is out/synthetic/books/meta_student_finetune.
 # The hyper-parameters below suit models trained from scratch, not the paper's pretrained pair.
+#
+#   bash tools/quickstart.sh
+#
+# Variables (environment; defaults in brackets): DATA_DIR [data/SYNTH], MODELS_DIR [models],
+# OUT_DIR [out/synthetic], GENRE [books], DEVICE [auto], MAX_SEQ_LENGTH [64], SYNTHETIC_SIZE [200 reviews per
+# domain and label], TEACHER_EPOCHS [5], TEACHER_LR [1e-3], STAGE1_EPOCHS [5], STAGE1_LR [3e-3],
+# STAGE2_EPOCHS [10], STAGE2_LR [3e-3], EVAL_EVERY [0: per epoch], DOMAIN_LOSS_WEIGHT [0.1]; any other
+# variable of the numbered scripts (bash N_script.sh --help) passes through to them.
+source "$(dirname "$0")/tool_help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SOURCE=synthetic DATA_DIR="${DATA_DIR:-data/SYNTH}" MODELS_DIR="${MODELS_DIR:-models}" OUT_DIR="${OUT_DIR:-out/synthetic}"

@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # The real one-genre run of docs/results.md: the real reviews and the ../shared/models pair on CPU,
-# each numbered script timed (wall seconds and peak RSS). Variables as in the numbered scripts;
-# epochs reduced from the paper's (1/10/10) to 1/3/3 to fit a 2-core session.
-# FROM/TO pick the scripts; REPO runs another checkout's numbered scripts (tools/research/before_run.sh).
+# each numbered script timed (wall seconds and peak RSS, into TIMES). Epochs 1/3/3 (teacher / stage 1 /
+# stage 2) instead of the scripts' own 1/10/10, to fit two CPU cores.
+#
+#   NPROC=2 BATCH_SIZE=8 bash tools/real_run.sh
+#
+# Variables (environment; defaults in brackets): SHARED [../shared: the data and models folder],
+# SOURCE [SHARED/data/amazon_multidomain/sorted_data_acl], TEACHER_MODEL [SHARED/models/all-MiniLM-L6-v2],
+# STUDENT_MODEL [SHARED/models/paraphrase-MiniLM-L3-v2], DATA_DIR [data/SENTI], OUT_DIR [out/real],
+# GENRE [books], DEVICE [cpu], TEACHER_EPOCHS [1], STAGE1_EPOCHS [3], STAGE2_EPOCHS [3], EVAL_EVERY [100],
+# TIMES [OUT_DIR/stage_times.tsv], FROM [1] and TO [6] (the first and last script to run, e.g. FROM=4 to
+# continue after the teacher), REPO [.: run another checkout's numbered scripts, as tools/research/before_run.sh
+# does]; the numbered scripts' other variables (NPROC, BATCH_SIZE, ...) pass through.
+source "$(dirname "$0")/tool_help.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="$(realpath -m "${SHARED:-../shared}")"  # absolute, as REPO may lie elsewhere

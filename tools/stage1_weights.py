@@ -7,7 +7,7 @@ weights' mean does not matter to training, only their spread around it: the tabl
 and the coefficient of variation of ``w``, and the 5th and 95th percentiles of ``w / mean(w)``.
 Written out in numpy from the saved files (not through metakd's losses), as a check on them.
 
-    python tools/stage1_weights.py /work/runs/compare --seed 42
+    python tools/stage1_weights.py out/compare_real --seed 42
 
 Reads RUN_DIR/data/train_with_weights.tsv (the prototype scores), RUN_DIR/seedS/meta_teacher/config.json
 (the label order) and RUN_DIR/seedS/GENRE/stage1_meta_metakd/teacher_logits.npz (the teacher's logits on

@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# The "before" of docs/results.md: the real one-genre run (as tools/real_run.sh) on the naive path,
-# the pipeline with none of its speed work: the code at BEFORE_COMMIT (228d8e8, which has none of the
-# speed work) with tools/research/naive_path.patch, which takes out what that code already had
-# (the matmul LayerNorm, trimmed batches, length-bucketed inference, stage 2's cached teacher
-# logits): OneFlow's own LayerNorm, every batch padded to 128, the frozen teacher run at every
-# distillation step, one process.
+# The naive path of docs/results.md ("Where does the time go?"): the real one-genre run (as tools/real_run.sh)
+# with none of the CPU speed work. That is commit 228d8e8 (the code before the speed work) with
+# tools/research/naive_path.patch, which takes out what that code already had (the matmul LayerNorm, trimmed batches,
+# length-bucketed inference, stage 2's cached teacher logits): OneFlow's own LayerNorm, every batch padded
+# to 128, the frozen teacher run at every distillation step, one process.
 #
 # It is about three hours of one core, and OneFlow's CPU kernels use one thread, so it runs as two
-# chains side by side, one per core:
+# chains side by side, one per core, each in a checkout of its own (a git worktree under OUT):
 #   a: 1_get_data, 2_process_data, 3_train_teacher   (its own data and meta-teacher)
-#   b: 4_student_first, 5_student_second, 6_eval     (from an after-run's data and meta-teacher, so
+#   b: 4_student_first, 5_student_second, 6_eval     (from a finished run's data and meta-teacher, so
 #      that both students learn from the same teacher)
 # then evaluates chain a's teacher (with chain b's student) on the test split. Each script's wall
 # time and peak RSS go to $OUT/{a,b}/out/stage_times.tsv; before_after.py --before-run reads them.
 #
-#   AFTER_OUT=out/real2 AFTER_DATA=data/SENTI bash tools/research/before_run.sh
+#   AFTER_OUT=out/real AFTER_DATA=data/SENTI bash tools/research/before_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$(pwd)"
@@ -38,7 +37,7 @@ mkdir -p "$OUT/b/data" "$OUT/b/out"
 cp -r "$AFTER_DATA" "$OUT/b/data/SENTI"
 cp -r "$AFTER_OUT/meta_teacher" "$OUT/b/out/meta_teacher"
 
-# tools/real_run.sh (today's, with its variables) runs each chain's scripts in its worktree, timed.
+# tools/real_run.sh (this checkout's, with its variables) runs each chain's numbered scripts in its checkout, timed.
 (REPO="$OUT/a" OUT_DIR=out FROM=1 TO=3 bash tools/real_run.sh > "$OUT/a.log" 2>&1) & pa=$!
 (REPO="$OUT/b" OUT_DIR=out FROM=4 TO=6 bash tools/real_run.sh > "$OUT/b.log" 2>&1) & pb=$!
 wait "$pa"; wait "$pb"
